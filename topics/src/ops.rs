@@ -18,30 +18,109 @@ use crate::wire::{DecodeError, Invalid, MapReader, MapWriter, Message, check};
 /// Keys: 0 name, 1 selector, 2 mode (0 per-node, 1 replicas), 3 replicas,
 /// 4 spread_by, 5 colocate_with, 6 app.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "DeploymentManifest", into = "DeploymentManifest")]
 pub struct Deployment {
     pub name: ObjectName,
     /// Which nodes may run the app; empty matches every node of the province.
-    #[serde(default)]
     pub selector: Selector,
-    #[serde(flatten)]
     pub placement: PlacementMode,
     /// Place instances only on nodes that run this other deployment's app.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub colocate_with: Option<ObjectName>,
     pub app: AppSpec,
 }
 
+/// A deployment as written in YAML: placement is spelt as flat keys
+/// (`mode`, `replicas`, `spread_by`), which serde cannot combine with
+/// `deny_unknown_fields` through `flatten`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeploymentManifest {
+    name: ObjectName,
+    #[serde(default)]
+    selector: Selector,
+    /// `per-node` (the default) or `replicas`.
+    #[serde(default)]
+    mode: ModeName,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    replicas: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    spread_by: Option<SpreadBy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    colocate_with: Option<ObjectName>,
+    app: AppSpec,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum ModeName {
+    #[default]
+    PerNode,
+    Replicas,
+}
+
+impl TryFrom<DeploymentManifest> for Deployment {
+    type Error = String;
+
+    fn try_from(manifest: DeploymentManifest) -> Result<Self, String> {
+        let placement = match (manifest.mode, manifest.replicas) {
+            (ModeName::PerNode, None) if manifest.spread_by.is_none() => PlacementMode::PerNode,
+            (ModeName::PerNode, _) => {
+                return Err(format!(
+                    "deployment {}: replicas and spread_by need `mode: replicas`; a per-node deployment runs one instance on every matching node",
+                    manifest.name
+                ));
+            }
+            (ModeName::Replicas, Some(replicas)) => PlacementMode::Replicas {
+                replicas,
+                spread_by: manifest.spread_by.unwrap_or_default(),
+            },
+            (ModeName::Replicas, None) => {
+                return Err(format!(
+                    "deployment {}: `mode: replicas` needs `replicas: N`",
+                    manifest.name
+                ));
+            }
+        };
+        let deployment = Deployment {
+            name: manifest.name,
+            selector: manifest.selector,
+            placement,
+            colocate_with: manifest.colocate_with,
+            app: manifest.app,
+        };
+        deployment.validate().map_err(|err| err.to_string())?;
+        Ok(deployment)
+    }
+}
+
+impl From<Deployment> for DeploymentManifest {
+    fn from(deployment: Deployment) -> Self {
+        let (mode, replicas, spread_by) = match deployment.placement {
+            PlacementMode::PerNode => (ModeName::PerNode, None, None),
+            PlacementMode::Replicas { replicas, spread_by } => {
+                (ModeName::Replicas, Some(replicas), Some(spread_by))
+            }
+        };
+        DeploymentManifest {
+            name: deployment.name,
+            selector: deployment.selector,
+            mode,
+            replicas,
+            spread_by,
+            colocate_with: deployment.colocate_with,
+            app: deployment.app,
+        }
+    }
+}
+
 /// How many instances run and where.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "mode", rename_all = "kebab-case", deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PlacementMode {
     /// Every matching node runs one instance, including nodes that join later.
     PerNode,
     /// `replicas` instances, no two in the same `spread_by` domain.
     Replicas {
         replicas: u32,
-        #[serde(default)]
         spread_by: SpreadBy,
     },
 }
