@@ -34,6 +34,9 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    tracing::info!(?config, "configuration is valid; this program has no service yet");
+    tracing::info!(
+        ?config,
+        "configuration is valid; this program has no service yet"
+    );
     std::process::ExitCode::SUCCESS
 }

@@ -35,7 +35,10 @@ impl BackoffConfig {
         if self.base_ms == 0 {
             Some("base_ms must be at least 1".to_string())
         } else if self.cap_ms < self.base_ms {
-            Some(format!("cap_ms ({}) must be at least base_ms ({})", self.cap_ms, self.base_ms))
+            Some(format!(
+                "cap_ms ({}) must be at least base_ms ({})",
+                self.cap_ms, self.base_ms
+            ))
         } else {
             None
         }
@@ -146,12 +149,18 @@ mod tests {
             .collect();
         fifth_delays.sort_unstable();
         let spread = fifth_delays[899] - fifth_delays[99];
-        assert!(spread > 5_000, "10th-90th percentile spread is only {spread} ms");
+        assert!(
+            spread > 5_000,
+            "10th-90th percentile spread is only {spread} ms"
+        );
     }
 
     #[test]
     fn reset_returns_to_base_range() {
-        let mut backoff = Backoff::new(BackoffConfig::new(Duration::from_millis(100), Duration::from_secs(60)));
+        let mut backoff = Backoff::new(BackoffConfig::new(
+            Duration::from_millis(100),
+            Duration::from_secs(60),
+        ));
         for _ in 0..20 {
             backoff.next_delay();
         }
@@ -162,8 +171,31 @@ mod tests {
 
     #[test]
     fn invalid_settings_are_named() {
-        assert!(BackoffConfig { base_ms: 0, cap_ms: 10 }.problem().unwrap().contains("base_ms"));
-        assert!(BackoffConfig { base_ms: 10, cap_ms: 5 }.problem().unwrap().contains("cap_ms"));
-        assert!(BackoffConfig { base_ms: 10, cap_ms: 10 }.problem().is_none());
+        assert!(
+            BackoffConfig {
+                base_ms: 0,
+                cap_ms: 10
+            }
+            .problem()
+            .unwrap()
+            .contains("base_ms")
+        );
+        assert!(
+            BackoffConfig {
+                base_ms: 10,
+                cap_ms: 5
+            }
+            .problem()
+            .unwrap()
+            .contains("cap_ms")
+        );
+        assert!(
+            BackoffConfig {
+                base_ms: 10,
+                cap_ms: 10
+            }
+            .problem()
+            .is_none()
+        );
     }
 }

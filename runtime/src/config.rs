@@ -129,7 +129,9 @@ mod tests {
         let mut problems = Problems::default();
         problems.push("outbox.max_bytes", 0, "must be at least 1 MiB");
         problems.push("mqtt.endpoints", "[]", "list at least one broker");
-        let err = problems.into_result(Some(Path::new("edge.toml"))).unwrap_err();
+        let err = problems
+            .into_result(Some(Path::new("edge.toml")))
+            .unwrap_err();
         let text = err.to_string();
         assert!(text.contains("outbox.max_bytes"), "{text}");
         assert!(text.contains("mqtt.endpoints"), "{text}");

@@ -124,3 +124,52 @@ async fn wait_for_signal() {
         _ = terminate.recv() => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn cancelled_tasks_all_stop() {
+        let mut shutdown = Shutdown::new();
+        let stopped = Arc::new(AtomicUsize::new(0));
+        for name in ["intake", "forwarder", "reconciler"] {
+            let token = shutdown.token();
+            let stopped = stopped.clone();
+            shutdown.spawn(name, async move {
+                token.cancelled().await;
+                stopped.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+
+        shutdown.token().cancel();
+        let ended_early = shutdown.run_until_stopped(Duration::from_secs(5)).await;
+        assert!(ended_early.is_empty(), "{ended_early:?}");
+        assert_eq!(stopped.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn task_ending_on_its_own_stops_the_rest() {
+        let mut shutdown = Shutdown::new();
+        let token = shutdown.token();
+        shutdown.spawn("waits", async move { token.cancelled().await });
+        shutdown.spawn("crashes", async {});
+
+        let ended_early = shutdown.run_until_stopped(Duration::from_secs(5)).await;
+        assert_eq!(ended_early, vec!["crashes"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stuck_task_is_aborted_at_deadline() {
+        let mut shutdown = Shutdown::new();
+        shutdown.spawn("stuck", std::future::pending());
+        shutdown.token().cancel();
+
+        let started = tokio::time::Instant::now();
+        shutdown.run_until_stopped(Duration::from_secs(3)).await;
+        assert!(started.elapsed() >= Duration::from_secs(3));
+        assert!(started.elapsed() < Duration::from_secs(4));
+    }
+}

@@ -97,9 +97,10 @@ impl From<Deployment> for DeploymentManifest {
     fn from(deployment: Deployment) -> Self {
         let (mode, replicas, spread_by) = match deployment.placement {
             PlacementMode::PerNode => (ModeName::PerNode, None, None),
-            PlacementMode::Replicas { replicas, spread_by } => {
-                (ModeName::Replicas, Some(replicas), Some(spread_by))
-            }
+            PlacementMode::Replicas {
+                replicas,
+                spread_by,
+            } => (ModeName::Replicas, Some(replicas), Some(spread_by)),
         };
         DeploymentManifest {
             name: deployment.name,
@@ -119,10 +120,7 @@ pub enum PlacementMode {
     /// Every matching node runs one instance, including nodes that join later.
     PerNode,
     /// `replicas` instances, no two in the same `spread_by` domain.
-    Replicas {
-        replicas: u32,
-        spread_by: SpreadBy,
-    },
+    Replicas { replicas: u32, spread_by: SpreadBy },
 }
 
 /// The failure domain that replicas of one app must not share.
@@ -180,7 +178,10 @@ impl Message for Deployment {
         }
         match &self.placement {
             PlacementMode::PerNode => map.field(2, &0u8),
-            PlacementMode::Replicas { replicas, spread_by } => {
+            PlacementMode::Replicas {
+                replicas,
+                spread_by,
+            } => {
                 map.field(2, &1u8);
                 map.field(3, replicas);
                 map.unless_default(4, &spread_by.code());
@@ -191,7 +192,9 @@ impl Message for Deployment {
     }
 
     fn read_fields(map: &MapReader<'_>) -> Result<Self, DecodeError> {
-        let invalid = |field, err: &dyn std::fmt::Display| DecodeError::Invalid(Invalid::new(Self::NAME, field, err.to_string()));
+        let invalid = |field, err: &dyn std::fmt::Display| {
+            DecodeError::Invalid(Invalid::new(Self::NAME, field, err.to_string()))
+        };
         let name: String = map.required(0, "name")?;
         let name = ObjectName::new(name).map_err(|err| invalid("name", &err))?;
         let selector: Vec<String> = map.or_default(1, "selector")?;
@@ -203,7 +206,12 @@ impl Message for Deployment {
             1 => PlacementMode::Replicas {
                 replicas: map.required(3, "replicas")?,
                 spread_by: map
-                    .code(4, "spread_by", "0 (node), 1 (station), 2 (section)", SpreadBy::from_code)?
+                    .code(
+                        4,
+                        "spread_by",
+                        "0 (node), 1 (station), 2 (section)",
+                        SpreadBy::from_code,
+                    )?
                     .unwrap_or_default(),
             },
             code => {
@@ -342,8 +350,9 @@ impl Message for Wave {
         let percent: Option<u8> = map.optional(1, "percent")?;
         match (selector, percent) {
             (Some(selector), None) => Ok(Wave::Selector {
-                selector: Selector::parse(&selector)
-                    .map_err(|err| DecodeError::Invalid(Invalid::new(Self::NAME, "selector", err.to_string())))?,
+                selector: Selector::parse(&selector).map_err(|err| {
+                    DecodeError::Invalid(Invalid::new(Self::NAME, "selector", err.to_string()))
+                })?,
             }),
             (None, Some(percent)) => Ok(Wave::Percent { percent }),
             _ => Err(DecodeError::Invalid(Invalid::new(
@@ -390,16 +399,23 @@ impl Message for Rollout {
     }
 
     fn read_fields(map: &MapReader<'_>) -> Result<Self, DecodeError> {
-        let invalid = |field, err: &dyn std::fmt::Display| DecodeError::Invalid(Invalid::new(Self::NAME, field, err.to_string()));
+        let invalid = |field, err: &dyn std::fmt::Display| {
+            DecodeError::Invalid(Invalid::new(Self::NAME, field, err.to_string()))
+        };
         let name: String = map.required(0, "name")?;
         let deployment: String = map.required(1, "deployment")?;
         let control = map
-            .code(10, "control", "0 (run), 1 (pause), 2 (abort)", |code| match code {
-                0 => Some(RolloutControl::Run),
-                1 => Some(RolloutControl::Pause),
-                2 => Some(RolloutControl::Abort),
-                _ => None,
-            })?
+            .code(
+                10,
+                "control",
+                "0 (run), 1 (pause), 2 (abort)",
+                |code| match code {
+                    0 => Some(RolloutControl::Run),
+                    1 => Some(RolloutControl::Pause),
+                    2 => Some(RolloutControl::Abort),
+                    _ => None,
+                },
+            )?
             .unwrap_or_default();
 
         Ok(Rollout {
@@ -407,12 +423,22 @@ impl Message for Rollout {
             deployment: ObjectName::new(deployment).map_err(|err| invalid("deployment", &err))?,
             image: map.required(2, "image")?,
             waves: map.messages(3, "waves", MAX_WAVES)?,
-            success_threshold_pct: map.optional(4, "success_threshold_pct")?.unwrap_or_else(default_success_threshold),
-            failure_threshold_pct: map.optional(5, "failure_threshold_pct")?.unwrap_or_else(default_failure_threshold),
+            success_threshold_pct: map
+                .optional(4, "success_threshold_pct")?
+                .unwrap_or_else(default_success_threshold),
+            failure_threshold_pct: map
+                .optional(5, "failure_threshold_pct")?
+                .unwrap_or_else(default_failure_threshold),
             rollback_on_pause: map.or_default(6, "rollback_on_pause")?,
-            prefetch_timeout_s: map.optional(7, "prefetch_timeout_s")?.unwrap_or_else(default_prefetch_timeout),
-            wave_timeout_s: map.optional(8, "wave_timeout_s")?.unwrap_or_else(default_wave_timeout),
-            pair_label: map.optional(9, "pair_label")?.unwrap_or_else(default_pair_label),
+            prefetch_timeout_s: map
+                .optional(7, "prefetch_timeout_s")?
+                .unwrap_or_else(default_prefetch_timeout),
+            wave_timeout_s: map
+                .optional(8, "wave_timeout_s")?
+                .unwrap_or_else(default_wave_timeout),
+            pair_label: map
+                .optional(9, "pair_label")?
+                .unwrap_or_else(default_pair_label),
             control,
         })
     }
@@ -422,7 +448,11 @@ impl Message for Rollout {
         check::text(name, "image", &self.image, MAX_IMAGE_LEN)?;
         check::text(name, "pair_label", &self.pair_label, MAX_NAME_LEN)?;
         if self.waves.is_empty() {
-            return Err(Invalid::new(name, "waves", "a rollout needs at least one wave"));
+            return Err(Invalid::new(
+                name,
+                "waves",
+                "a rollout needs at least one wave",
+            ));
         }
         check::count(name, "waves", self.waves.len(), MAX_WAVES)?;
         self.waves.iter().try_for_each(Wave::validate)?;
@@ -431,7 +461,11 @@ impl Message for Rollout {
             ("failure_threshold_pct", self.failure_threshold_pct),
         ] {
             if pct == 0 || pct > 100 {
-                return Err(Invalid::new(name, field, format!("{pct} is outside 1..=100")));
+                return Err(Invalid::new(
+                    name,
+                    field,
+                    format!("{pct} is outside 1..=100"),
+                ));
             }
         }
         Ok(())

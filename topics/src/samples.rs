@@ -59,7 +59,10 @@ pub fn truck_record() -> TollRecord {
         fee: 12_800,
         pay_fee: 12_800,
         discount_fee: 0,
-        toll_intervals: vec!["G0015440010002010".to_string(), "G0015440010002020".to_string()],
+        toll_intervals: vec![
+            "G0015440010002010".to_string(),
+            "G0015440010002020".to_string(),
+        ],
         trade_result: TradeResult::Success,
         antenna_id: 1,
         hour_batch: 2026120412,
@@ -87,7 +90,11 @@ pub fn app_spec() -> AppSpec {
         name: ObjectName::new("toll-app").expect("valid name"),
         image: "localhost/tollway/toll-app:1.4.2".to_string(),
         next_image: Some("localhost/tollway/toll-app:1.5.0".to_string()),
-        command: vec!["/toll-app".to_string(), "--rate".to_string(), "20".to_string()],
+        command: vec![
+            "/toll-app".to_string(),
+            "--rate".to_string(),
+            "20".to_string(),
+        ],
         env: BTreeMap::from([
             ("GANTRY_ID".to_string(), "G001544001000201010".to_string()),
             ("INTAKE".to_string(), "127.0.0.1:1884".to_string()),
@@ -136,7 +143,9 @@ pub fn heartbeat_status() -> NodeStatus {
     };
     NodeStatus {
         generation: 1042,
-        apps: ["toll-app", "lpr", "rsu-ctl", "ntp-sync", "log-ship"].map(app).to_vec(),
+        apps: ["toll-app", "lpr", "rsu-ctl", "ntp-sync", "log-ship"]
+            .map(app)
+            .to_vec(),
         outbox_depth: 0,
         oldest_undelivered_s: None,
         free_disk_mb: 12_034,
@@ -250,7 +259,8 @@ pub fn center_event() -> CenterEvent {
 pub fn deployment() -> Deployment {
     Deployment {
         name: ObjectName::new("toll-app").expect("valid name"),
-        selector: Selector::parse(&["role in (gantry, station)", "arch = arm64"]).expect("valid selector"),
+        selector: Selector::parse(&["role in (gantry, station)", "arch = arm64"])
+            .expect("valid selector"),
         placement: PlacementMode::PerNode,
         colocate_with: None,
         app: app_spec(),

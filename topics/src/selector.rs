@@ -49,7 +49,9 @@ impl Requirement {
             Requirement::Equals { key, value } => labels.get(key) == Some(value),
             Requirement::NotEquals { key, value } => labels.get(key) != Some(value),
             Requirement::In { key, values } => labels.get(key).is_some_and(|v| values.contains(v)),
-            Requirement::NotIn { key, values } => !labels.get(key).is_some_and(|v| values.contains(v)),
+            Requirement::NotIn { key, values } => {
+                !labels.get(key).is_some_and(|v| values.contains(v))
+            }
             Requirement::Exists { key } => labels.contains_key(key),
             Requirement::NotExists { key } => !labels.contains_key(key),
         }
@@ -152,7 +154,9 @@ impl FromStr for Requirement {
 /// Validates a label key: 1 to 63 characters of `a-z`, `0-9`, `.`, `_`, `-`.
 fn label_key(key: &str) -> Result<String, String> {
     if key.is_empty() || key.len() > MAX_NAME_LEN {
-        return Err(format!("label key {key:?} must have 1 to {MAX_NAME_LEN} characters"));
+        return Err(format!(
+            "label key {key:?} must have 1 to {MAX_NAME_LEN} characters"
+        ));
     }
     if !key
         .bytes()
@@ -168,7 +172,9 @@ fn label_key(key: &str) -> Result<String, String> {
 /// Validates a label value: 1 to 63 ASCII letters, digits, `.`, `_`, `-`.
 pub(crate) fn label_value(value: &str) -> Result<String, String> {
     if value.is_empty() || value.len() > MAX_NAME_LEN {
-        return Err(format!("label value {value:?} must have 1 to {MAX_NAME_LEN} characters"));
+        return Err(format!(
+            "label value {value:?} must have 1 to {MAX_NAME_LEN} characters"
+        ));
     }
     if !value
         .bytes()
@@ -212,7 +218,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -227,9 +236,19 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(selector.requirements.len(), 6);
-        let node = labels(&[("role", "gantry"), ("arch", "arm64"), ("section", "G15-03"), ("gantry", "G1")]);
+        let node = labels(&[
+            ("role", "gantry"),
+            ("arch", "arm64"),
+            ("section", "G15-03"),
+            ("gantry", "G1"),
+        ]);
         assert!(selector.matches(&node));
-        let retired = labels(&[("role", "gantry"), ("arch", "arm64"), ("gantry", "G1"), ("retired", "yes")]);
+        let retired = labels(&[
+            ("role", "gantry"),
+            ("arch", "arm64"),
+            ("gantry", "G1"),
+            ("retired", "yes"),
+        ]);
         assert!(!selector.matches(&retired));
     }
 
@@ -242,7 +261,14 @@ mod tests {
 
     #[test]
     fn selector_rejects_malformed_requirements() {
-        for bad in ["role in gantry", "= x", "Role = x", "a = b c", "", "x in (a,,b)"] {
+        for bad in [
+            "role in gantry",
+            "= x",
+            "Role = x",
+            "a = b c",
+            "",
+            "x in (a,,b)",
+        ] {
             assert!(bad.parse::<Requirement>().is_err(), "{bad:?} was accepted");
         }
     }

@@ -66,7 +66,9 @@ impl NodeKind {
     }
 
     fn from_suffix(suffix: &str) -> Option<Self> {
-        NodeKind::ALL.into_iter().find(|kind| kind.suffix() == suffix)
+        NodeKind::ALL
+            .into_iter()
+            .find(|kind| kind.suffix() == suffix)
     }
 }
 
@@ -387,8 +389,14 @@ mod tests {
         }
         let name = ObjectName::new("toll-app").unwrap();
         let deployment = Topic::deployment(name.clone());
-        assert_eq!(deployment.to_string(), "tollway/v1/ops/deployments/toll-app");
-        assert_eq!(Topic::parse("tollway/v1/ops/rollouts/toll-app").unwrap(), Topic::rollout(name));
+        assert_eq!(
+            deployment.to_string(),
+            "tollway/v1/ops/deployments/toll-app"
+        );
+        assert_eq!(
+            Topic::parse("tollway/v1/ops/rollouts/toll-app").unwrap(),
+            Topic::rollout(name)
+        );
     }
 
     #[test]
@@ -420,22 +428,52 @@ mod tests {
     fn filters_match_their_topics() {
         let node = NodeId::new("n1").unwrap();
         let records = Topic::node(gd(), node.clone(), NodeKind::Records).to_string();
-        assert!(filter_matches(&node_filter(gd(), NodeKind::Records), &records));
-        assert!(!filter_matches(&node_filter(gd(), NodeKind::Status), &records));
+        assert!(filter_matches(
+            &node_filter(gd(), NodeKind::Records),
+            &records
+        ));
+        assert!(!filter_matches(
+            &node_filter(gd(), NodeKind::Status),
+            &records
+        ));
         assert!(filter_matches(&province_nodes_filter(gd()), &records));
         assert!(filter_matches(&node_subtree_filter(gd(), &node), &records));
-        assert!(filter_matches(&all_nodes_filter(NodeKind::Records), &records));
+        assert!(filter_matches(
+            &all_nodes_filter(NodeKind::Records),
+            &records
+        ));
         let ack = Topic::center(gd(), CenterKind::RecordsAck).to_string();
-        assert!(filter_matches(&all_centers_filter(CenterKind::RecordsAck), &ack));
-        assert!(!filter_matches(&all_centers_filter(CenterKind::Records), &ack));
-        assert!(filter_matches(&all_ops_filter(), "tollway/v1/ops/rollouts/x"));
+        assert!(filter_matches(
+            &all_centers_filter(CenterKind::RecordsAck),
+            &ack
+        ));
+        assert!(!filter_matches(
+            &all_centers_filter(CenterKind::Records),
+            &ack
+        ));
+        assert!(filter_matches(
+            &all_ops_filter(),
+            "tollway/v1/ops/rollouts/x"
+        ));
     }
 
     #[test]
     fn overlap_detects_shared_topics() {
-        assert!(filters_overlap("tollway/v1/44/node/+/status", "tollway/v1/#"));
-        assert!(filters_overlap("tollway/v1/+/center/records", "tollway/v1/44/center/+"));
-        assert!(!filters_overlap("tollway/v1/44/center/records", "tollway/v1/44/center/records/ack"));
-        assert!(!filters_overlap("tollway/v1/ops/#", "tollway/v1/44/node/+/status"));
+        assert!(filters_overlap(
+            "tollway/v1/44/node/+/status",
+            "tollway/v1/#"
+        ));
+        assert!(filters_overlap(
+            "tollway/v1/+/center/records",
+            "tollway/v1/44/center/+"
+        ));
+        assert!(!filters_overlap(
+            "tollway/v1/44/center/records",
+            "tollway/v1/44/center/records/ack"
+        ));
+        assert!(!filters_overlap(
+            "tollway/v1/ops/#",
+            "tollway/v1/44/node/+/status"
+        ));
     }
 }

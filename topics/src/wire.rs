@@ -106,7 +106,9 @@ pub enum EncodeError {
     #[error("cannot encode {0}")]
     Invalid(#[source] Invalid),
 
-    #[error("cannot encode {message}: {size} bytes is over the limit of {limit} bytes; send fewer items per message")]
+    #[error(
+        "cannot encode {message}: {size} bytes is over the limit of {limit} bytes; send fewer items per message"
+    )]
     TooLarge {
         message: &'static str,
         size: usize,
@@ -501,7 +503,8 @@ fn encoder(out: &mut Vec<u8>) -> Encoder<&mut Vec<u8>> {
 macro_rules! uint_field {
     ($ty:ty, $method:ident) => {
         impl<'b> Field<'b> for $ty {
-            const EXPECTED: &'static str = concat!("an unsigned integer that fits ", stringify!($ty));
+            const EXPECTED: &'static str =
+                concat!("an unsigned integer that fits ", stringify!($ty));
 
             fn decode_value(d: &mut Decoder<'b>) -> Result<Self, minicbor::decode::Error> {
                 d.$method()

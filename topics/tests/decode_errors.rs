@@ -9,8 +9,11 @@ use tollway_topics::{
     TollRecord,
 };
 
+/// Writes one CBOR value into a map under construction.
+type WriteValue<'a> = &'a dyn Fn(&mut Encoder<&mut Vec<u8>>);
+
 /// Builds a CBOR map from (key, value-writer) pairs.
-fn map(entries: &[(u64, &dyn Fn(&mut Encoder<&mut Vec<u8>>))]) -> Vec<u8> {
+fn map(entries: &[(u64, WriteValue)]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut e = Encoder::new(&mut out);
     e.map(entries.len() as u64).unwrap();
@@ -25,14 +28,32 @@ fn map(entries: &[(u64, &dyn Fn(&mut Encoder<&mut Vec<u8>>))]) -> Vec<u8> {
 fn oversized_payload_is_rejected_before_parsing() {
     let bytes = vec![0u8; MAX_SMALL_MESSAGE_BYTES + 1];
     let err = TollRecord::from_cbor(&bytes).unwrap_err();
-    assert!(matches!(err, DecodeError::TooLarge { message: "TollRecord", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            DecodeError::TooLarge {
+                message: "TollRecord",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn non_map_payload_is_malformed() {
     for bytes in [&[][..], &[0x01], &[0x82, 0x01, 0x02], &[0xa2, 0x00]] {
         let err = RecordAck::from_cbor(bytes).unwrap_err();
-        assert!(matches!(err, DecodeError::Malformed { message: "RecordAck", .. }), "{bytes:?}: {err}");
+        assert!(
+            matches!(
+                err,
+                DecodeError::Malformed {
+                    message: "RecordAck",
+                    ..
+                }
+            ),
+            "{bytes:?}: {err}"
+        );
     }
 }
 
@@ -41,14 +62,20 @@ fn trailing_bytes_are_rejected() {
     let mut bytes = samples::record_ack().to_cbor().unwrap();
     bytes.push(0x00);
     let err = RecordAck::from_cbor(&bytes).unwrap_err();
-    assert!(matches!(err, DecodeError::TrailingBytes { count: 1, .. }), "{err}");
+    assert!(
+        matches!(err, DecodeError::TrailingBytes { count: 1, .. }),
+        "{err}"
+    );
 }
 
 #[test]
 fn duplicate_key_is_rejected() {
     let bytes = map(&[(0, &|e| drop(e.u64(1))), (0, &|e| drop(e.u64(2)))]);
     let err = RecordAck::from_cbor(&bytes).unwrap_err();
-    assert!(matches!(err, DecodeError::DuplicateKey { key: 0, .. }), "{err}");
+    assert!(
+        matches!(err, DecodeError::DuplicateKey { key: 0, .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -56,7 +83,11 @@ fn missing_required_field_names_it() {
     let bytes = map(&[]);
     let err = RecordAck::from_cbor(&bytes).unwrap_err();
     match err {
-        DecodeError::MissingField { message, field, key } => {
+        DecodeError::MissingField {
+            message,
+            field,
+            key,
+        } => {
             assert_eq!(message, "RecordAck");
             assert_eq!(field, "stored_through");
             assert_eq!(key, 0);
@@ -70,7 +101,12 @@ fn wrong_type_names_field_and_expectation() {
     let bytes = map(&[(0, &|e| drop(e.str("many")))]);
     let err = RecordAck::from_cbor(&bytes).unwrap_err();
     match &err {
-        DecodeError::WrongType { message, field, expected, .. } => {
+        DecodeError::WrongType {
+            message,
+            field,
+            expected,
+            ..
+        } => {
             assert_eq!(*message, "RecordAck");
             assert_eq!(*field, "stored_through");
             assert!(expected.contains("unsigned integer"), "{expected}");
@@ -88,7 +124,10 @@ fn integer_overflow_is_a_wrong_type() {
     // 3550 is encoded as 0x19 0x0d 0xde; replace with a u64.
     record.splice(fee_at..fee_at + 3, [0x1b, 0, 0, 0, 1, 0, 0, 0, 0]);
     let err = TollRecord::from_cbor(&record).unwrap_err();
-    assert!(matches!(err, DecodeError::WrongType { field: "fee", .. }), "{err}");
+    assert!(
+        matches!(err, DecodeError::WrongType { field: "fee", .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -98,7 +137,12 @@ fn unknown_code_lists_valid_codes() {
     record[colour_at] = 0x09;
     let err = TollRecord::from_cbor(&record).unwrap_err();
     match &err {
-        DecodeError::UnknownCode { field, code, expected, .. } => {
+        DecodeError::UnknownCode {
+            field,
+            code,
+            expected,
+            ..
+        } => {
             assert_eq!(*field, "plate_colour");
             assert_eq!(*code, 9);
             assert!(expected.contains("blue"), "{expected}");
@@ -111,7 +155,17 @@ fn unknown_code_lists_valid_codes() {
 fn unknown_command_action_is_an_unknown_code() {
     let bytes = map(&[(0, &|e| drop(e.u64(1))), (1, &|e| drop(e.u64(99)))]);
     let err = Command::from_cbor(&bytes).unwrap_err();
-    assert!(matches!(err, DecodeError::UnknownCode { field: "action", code: 99, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            DecodeError::UnknownCode {
+                field: "action",
+                code: 99,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -123,7 +177,16 @@ fn corrupt_compressed_batch_is_a_decompression_error() {
         (4, &|e| drop(e.u64(1))),
     ]);
     let err = RecordBatch::from_cbor(&bytes).unwrap_err();
-    assert!(matches!(err, DecodeError::Decompression { field: "records_zstd", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            DecodeError::Decompression {
+                field: "records_zstd",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -134,7 +197,10 @@ fn compressed_count_mismatch_is_invalid() {
     assert_eq!(batch[last], 0x02);
     batch[last] = 0x03;
     let err = RecordBatch::from_cbor(&batch).unwrap_err();
-    assert!(matches!(&err, DecodeError::Invalid(invalid) if invalid.field == "record_count"), "{err}");
+    assert!(
+        matches!(&err, DecodeError::Invalid(invalid) if invalid.field == "record_count"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -142,19 +208,28 @@ fn invalid_value_names_field() {
     let mut record = samples::toll_record();
     record.pay_fee += 1;
     let err = record.to_cbor().unwrap_err();
-    assert!(matches!(&err, EncodeError::Invalid(invalid) if invalid.field == "pay_fee"), "{err}");
+    assert!(
+        matches!(&err, EncodeError::Invalid(invalid) if invalid.field == "pay_fee"),
+        "{err}"
+    );
 
     // The same record, encoded without validation, is rejected on decode.
     let bytes = tollway_topics::wire::MapWriter::write_message(&record);
     let err = TollRecord::from_cbor(&bytes).unwrap_err();
-    assert!(matches!(&err, DecodeError::Invalid(invalid) if invalid.field == "pay_fee"), "{err}");
+    assert!(
+        matches!(&err, DecodeError::Invalid(invalid) if invalid.field == "pay_fee"),
+        "{err}"
+    );
 }
 
 #[test]
 fn invalid_node_id_in_batch_is_rejected() {
     let bytes = map(&[(0, &|e| drop(e.str("node/1"))), (1, &|e| drop(e.u64(1)))]);
     let err = RecordBatch::from_cbor(&bytes).unwrap_err();
-    assert!(matches!(&err, DecodeError::Invalid(invalid) if invalid.field == "node"), "{err}");
+    assert!(
+        matches!(&err, DecodeError::Invalid(invalid) if invalid.field == "node"),
+        "{err}"
+    );
     assert!(err.to_string().contains("node/1"), "{err}");
 }
 
@@ -163,7 +238,10 @@ fn too_many_records_are_rejected_on_encode_and_decode() {
     let mut batch = samples::record_batch(Compression::None);
     batch.records = vec![samples::toll_record(); MAX_RECORDS_PER_BATCH + 1];
     let err = batch.to_cbor().unwrap_err();
-    assert!(matches!(&err, EncodeError::Invalid(invalid) if invalid.field == "records"), "{err}");
+    assert!(
+        matches!(&err, EncodeError::Invalid(invalid) if invalid.field == "records"),
+        "{err}"
+    );
 
     // An array header that claims too many entries fails before decoding any.
     let bytes = map(&[
@@ -173,7 +251,8 @@ fn too_many_records_are_rejected_on_encode_and_decode() {
     ]);
     let err = RecordBatch::from_cbor(&bytes).unwrap_err();
     assert!(
-        matches!(&err, DecodeError::Invalid(invalid) if invalid.field == "records") || matches!(err, DecodeError::Malformed { .. }),
+        matches!(&err, DecodeError::Invalid(invalid) if invalid.field == "records")
+            || matches!(err, DecodeError::Malformed { .. }),
         "{err}"
     );
 }
@@ -187,7 +266,16 @@ fn oversized_encode_is_too_large() {
             .collect();
     }
     let err = state.to_cbor().unwrap_err();
-    assert!(matches!(err, EncodeError::TooLarge { message: "DesiredState", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            EncodeError::TooLarge {
+                message: "DesiredState",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -195,7 +283,10 @@ fn duplicate_app_names_are_invalid() {
     let mut state = samples::desired_state();
     state.apps[1].name = state.apps[0].name.clone();
     let err = state.to_cbor().unwrap_err();
-    assert!(matches!(&err, EncodeError::Invalid(invalid) if invalid.field == "apps"), "{err}");
+    assert!(
+        matches!(&err, EncodeError::Invalid(invalid) if invalid.field == "apps"),
+        "{err}"
+    );
     let bytes = tollway_topics::wire::MapWriter::write_message(&state);
     assert!(DesiredState::from_cbor(&bytes).is_err());
 }

@@ -21,7 +21,8 @@ fn plate() -> impl Strategy<Value = String> {
 }
 
 fn hour_batch() -> impl Strategy<Value = u32> {
-    (2020u32..2100, 1u32..=12, 1u32..=28, 0u32..24).prop_map(|(y, m, d, h)| y * 1_000_000 + m * 10_000 + d * 100 + h)
+    (2020u32..2100, 1u32..=12, 1u32..=28, 0u32..24)
+        .prop_map(|(y, m, d, h)| y * 1_000_000 + m * 10_000 + d * 100 + h)
 }
 
 fn code<T: Copy + std::fmt::Debug + 'static>(all: &'static [T]) -> impl Strategy<Value = T> {
@@ -30,8 +31,20 @@ fn code<T: Copy + std::fmt::Debug + 'static>(all: &'static [T]) -> impl Strategy
 
 fn toll_record() -> impl Strategy<Value = TollRecord> {
     (
-        (short_text(), short_text(), any::<u64>(), code(MediaType::ALL), any::<u64>(), plate()),
-        (code(PlateColour::ALL), code(VehicleType::ALL), code(VehicleClass::ALL), any::<u8>()),
+        (
+            short_text(),
+            short_text(),
+            any::<u64>(),
+            code(MediaType::ALL),
+            any::<u64>(),
+            plate(),
+        ),
+        (
+            code(PlateColour::ALL),
+            code(VehicleType::ALL),
+            code(VehicleClass::ALL),
+            any::<u8>(),
+        ),
         (any::<u32>(), 0u32..=u32::MAX / 2, vec(short_text(), 0..4)),
         (code(TradeResult::ALL), any::<u8>(), hour_batch()),
     )
@@ -76,14 +89,18 @@ fn compression() -> impl Strategy<Value = Compression> {
 }
 
 fn record_batch() -> impl Strategy<Value = RecordBatch> {
-    (node_id(), 1u64..u64::MAX / 2, vec(toll_record(), 0..20), compression()).prop_map(
-        |(node, first_seq, records, compression)| RecordBatch {
+    (
+        node_id(),
+        1u64..u64::MAX / 2,
+        vec(toll_record(), 0..20),
+        compression(),
+    )
+        .prop_map(|(node, first_seq, records, compression)| RecordBatch {
             node,
             first_seq,
             records,
             compression,
-        },
-    )
+        })
 }
 
 fn image() -> impl Strategy<Value = String> {
@@ -92,34 +109,70 @@ fn image() -> impl Strategy<Value = String> {
 
 fn app_spec() -> impl Strategy<Value = AppSpec> {
     (
-        (object_name(), image(), option::of(image()), vec("[ -~]{0,20}", 0..4)),
+        (
+            object_name(),
+            image(),
+            option::of(image()),
+            vec("[ -~]{0,20}", 0..4),
+        ),
         btree_map("[A-Z_]{1,12}", "[ -~]{0,30}", 0..4),
-        vec((1u16.., 1u16.., prop_oneof![Just(Protocol::Tcp), Just(Protocol::Udp)]), 0..3),
+        vec(
+            (
+                1u16..,
+                1u16..,
+                prop_oneof![Just(Protocol::Tcp), Just(Protocol::Udp)],
+            ),
+            0..3,
+        ),
         vec(("/[a-z/]{1,20}", "/[a-z/]{1,20}", any::<bool>()), 0..3),
         (
-            prop_oneof![Just(RestartPolicy::Always), Just(RestartPolicy::OnFailure), Just(RestartPolicy::Never)],
+            prop_oneof![
+                Just(RestartPolicy::Always),
+                Just(RestartPolicy::OnFailure),
+                Just(RestartPolicy::Never)
+            ],
             option::of(any::<u64>()),
             option::of(any::<u32>()),
             option::of(any::<u32>()),
         ),
     )
-        .prop_map(|((name, image, next_image, command), env, ports, mounts, (restart, memory_bytes, cpu_millis, pids))| AppSpec {
-            name,
-            image,
-            next_image,
-            command,
-            env,
-            ports: ports
-                .into_iter()
-                .map(|(host_port, container_port, protocol)| PortMapping { host_port, container_port, protocol })
-                .collect(),
-            mounts: mounts
-                .into_iter()
-                .map(|(source, target, read_only)| Mount { source, target, read_only })
-                .collect(),
-            restart,
-            resources: Resources { memory_bytes, cpu_millis, pids },
-        })
+        .prop_map(
+            |(
+                (name, image, next_image, command),
+                env,
+                ports,
+                mounts,
+                (restart, memory_bytes, cpu_millis, pids),
+            )| AppSpec {
+                name,
+                image,
+                next_image,
+                command,
+                env,
+                ports: ports
+                    .into_iter()
+                    .map(|(host_port, container_port, protocol)| PortMapping {
+                        host_port,
+                        container_port,
+                        protocol,
+                    })
+                    .collect(),
+                mounts: mounts
+                    .into_iter()
+                    .map(|(source, target, read_only)| Mount {
+                        source,
+                        target,
+                        read_only,
+                    })
+                    .collect(),
+                restart,
+                resources: Resources {
+                    memory_bytes,
+                    cpu_millis,
+                    pids,
+                },
+            },
+        )
 }
 
 fn desired_state() -> impl Strategy<Value = DesiredState> {
@@ -135,15 +188,22 @@ fn desired_state() -> impl Strategy<Value = DesiredState> {
 }
 
 fn app_status() -> impl Strategy<Value = AppStatus> {
-    (short_text(), code(AppState::ALL), any::<u32>(), option::of("[ -~]{0,60}"), any::<bool>()).prop_map(
-        |(name, state, restarts, reason, next_image_ready)| AppStatus {
-            name,
-            state,
-            restarts,
-            reason,
-            next_image_ready,
-        },
+    (
+        short_text(),
+        code(AppState::ALL),
+        any::<u32>(),
+        option::of("[ -~]{0,60}"),
+        any::<bool>(),
     )
+        .prop_map(
+            |(name, state, restarts, reason, next_image_ready)| AppStatus {
+                name,
+                state,
+                restarts,
+                reason,
+                next_image_ready,
+            },
+        )
 }
 
 fn node_status() -> impl Strategy<Value = NodeStatus> {
@@ -154,10 +214,22 @@ fn node_status() -> impl Strategy<Value = NodeStatus> {
         option::of(any::<u32>()),
         any::<u32>(),
         "[0-9]\\.[0-9]\\.[0-9]",
-        (option::of(any::<u64>()), option::of("[ -~]{0,60}"), any::<bool>()),
+        (
+            option::of(any::<u64>()),
+            option::of("[ -~]{0,60}"),
+            any::<bool>(),
+        ),
     )
         .prop_map(
-            |(generation, apps, outbox_depth, oldest_undelivered_s, free_disk_mb, version, (rejected_generation, rejected_reason, backpressure))| NodeStatus {
+            |(
+                generation,
+                apps,
+                outbox_depth,
+                oldest_undelivered_s,
+                free_disk_mb,
+                version,
+                (rejected_generation, rejected_reason, backpressure),
+            )| NodeStatus {
                 generation,
                 apps,
                 outbox_depth,
@@ -173,20 +245,41 @@ fn node_status() -> impl Strategy<Value = NodeStatus> {
 
 fn command() -> impl Strategy<Value = Command> {
     let action = prop_oneof![
-        (1u64..1_000_000, 0u64..1_000).prop_map(|(from_seq, len)| CommandAction::Replay { from_seq, to_seq: from_seq + len }),
-        ("[a-z]{1,20}", any::<u32>()).prop_map(|(app, tail_lines)| CommandAction::CollectLogs { app, tail_lines }),
+        (1u64..1_000_000, 0u64..1_000).prop_map(|(from_seq, len)| CommandAction::Replay {
+            from_seq,
+            to_seq: from_seq + len
+        }),
+        ("[a-z]{1,20}", any::<u32>())
+            .prop_map(|(app, tail_lines)| CommandAction::CollectLogs { app, tail_lines }),
         hour_batch().prop_map(|hour_batch| CommandAction::ResendSummary { hour_batch }),
     ];
     (any::<u64>(), action).prop_map(|(id, action)| Command { id, action })
 }
 
 fn hourly_summary() -> impl Strategy<Value = HourlySummary> {
-    (short_text(), hour_batch(), 0u64..10_000, any::<u64>(), 1u64..1_000_000, 0u64..1_000).prop_map(
-        |(gantry_id, hour_batch, count, fee_sum, first, slack)| {
-            let (first_seq, last_seq) = if count == 0 { (None, None) } else { (Some(first), Some(first + count - 1 + slack)) };
-            HourlySummary { gantry_id, hour_batch, count, fee_sum, first_seq, last_seq }
-        },
+    (
+        short_text(),
+        hour_batch(),
+        0u64..10_000,
+        any::<u64>(),
+        1u64..1_000_000,
+        0u64..1_000,
     )
+        .prop_map(|(gantry_id, hour_batch, count, fee_sum, first, slack)| {
+            let (first_seq, last_seq) = if count == 0 {
+                (None, None)
+            } else {
+                (Some(first), Some(first + count - 1 + slack))
+            };
+            HourlySummary {
+                gantry_id,
+                hour_batch,
+                count,
+                fee_sum,
+                first_seq,
+                last_seq,
+            }
+        })
 }
 
 fn forward_batch() -> impl Strategy<Value = ForwardBatch> {
@@ -207,8 +300,12 @@ fn forward_batch() -> impl Strategy<Value = ForwardBatch> {
         })
 }
 
-fn assert_round_trip<M: Message + PartialEq + std::fmt::Debug>(value: &M) -> Result<(), TestCaseError> {
-    let bytes = value.to_cbor().map_err(|err| TestCaseError::fail(err.to_string()))?;
+fn assert_round_trip<M: Message + PartialEq + std::fmt::Debug>(
+    value: &M,
+) -> Result<(), TestCaseError> {
+    let bytes = value
+        .to_cbor()
+        .map_err(|err| TestCaseError::fail(err.to_string()))?;
     let decoded = M::from_cbor(&bytes).map_err(|err| TestCaseError::fail(err.to_string()))?;
     prop_assert_eq!(&decoded, value);
     prop_assert_eq!(decoded.to_cbor().unwrap(), bytes);

@@ -10,21 +10,30 @@ use tollway_topics::{Compression, Message, RecordBatch};
 fn typical_toll_record_fits_160_bytes() {
     let size = samples::toll_record().to_cbor().unwrap().len();
     println!("toll record: {size} bytes");
-    assert!(size <= 160, "a typical toll record takes {size} bytes, over the 160-byte budget");
+    assert!(
+        size <= 160,
+        "a typical toll record takes {size} bytes, over the 160-byte budget"
+    );
 }
 
 #[test]
 fn five_app_heartbeat_fits_96_bytes() {
     let size = samples::heartbeat_status().to_cbor().unwrap().len();
     println!("heartbeat status, 5 apps: {size} bytes");
-    assert!(size <= 96, "a five-app heartbeat takes {size} bytes, over the 96-byte budget");
+    assert!(
+        size <= 96,
+        "a five-app heartbeat takes {size} bytes, over the 96-byte budget"
+    );
 }
 
 #[test]
 fn record_ack_fits_16_bytes() {
     let size = samples::record_ack().to_cbor().unwrap().len();
     println!("record acknowledgement: {size} bytes");
-    assert!(size <= 16, "an acknowledgement takes {size} bytes, over the 16-byte budget");
+    assert!(
+        size <= 16,
+        "an acknowledgement takes {size} bytes, over the 16-byte budget"
+    );
 }
 
 #[test]
@@ -48,6 +57,12 @@ fn compression_pays_on_full_batches() {
     };
     let plain = batch(Compression::None).to_cbor().unwrap().len();
     let zstd = batch(Compression::Zstd).to_cbor().unwrap().len();
-    println!("500-record batch: {plain} bytes plain, {zstd} bytes zstd ({:.1}x)", plain as f64 / zstd as f64);
-    assert!(zstd * 2 < plain, "zstd batch {zstd} bytes is not under half of plain {plain} bytes");
+    println!(
+        "500-record batch: {plain} bytes plain, {zstd} bytes zstd ({:.1}x)",
+        plain as f64 / zstd as f64
+    );
+    assert!(
+        zstd * 2 < plain,
+        "zstd batch {zstd} bytes is not under half of plain {plain} bytes"
+    );
 }

@@ -54,14 +54,20 @@ fn check_vector<M: Message + PartialEq + Debug>(name: &str, expected: M) {
 
     let bytes = read_vector(name);
     let decoded = M::from_cbor(&bytes).unwrap_or_else(|err| panic!("{name}: {err}"));
-    assert_eq!(decoded, expected, "{name}: decoded value differs from the sample");
+    assert_eq!(
+        decoded, expected,
+        "{name}: decoded value differs from the sample"
+    );
     let reencoded = decoded.to_cbor().expect("decoded value encodes");
     assert_eq!(
         hex::encode(&reencoded),
         hex::encode(&bytes),
         "{name}: re-encoding changed the bytes"
     );
-    assert_eq!(encoded, bytes, "{name}: the sample no longer encodes to the vector");
+    assert_eq!(
+        encoded, bytes,
+        "{name}: the sample no longer encodes to the vector"
+    );
 }
 
 #[test]
@@ -81,7 +87,10 @@ fn record_batch_vector() {
 
 #[test]
 fn record_batch_zstd_vector() {
-    check_vector("record_batch_zstd", samples::record_batch(Compression::Zstd));
+    check_vector(
+        "record_batch_zstd",
+        samples::record_batch(Compression::Zstd),
+    );
 }
 
 #[test]
@@ -125,7 +134,10 @@ fn hourly_summary_vector() {
 #[test]
 fn forward_batch_vectors() {
     check_vector("forward_batch", samples::forward_batch(Compression::None));
-    check_vector("forward_batch_zstd", samples::forward_batch(Compression::Zstd));
+    check_vector(
+        "forward_batch_zstd",
+        samples::forward_batch(Compression::Zstd),
+    );
 }
 
 #[test]
@@ -147,7 +159,10 @@ fn ops_object_vectors() {
 fn unknown_keys_vector_decodes() {
     let name = "toll_record_unknown_keys";
     if std::env::var_os("TOLLWAY_BLESS").is_some() {
-        write_vector(name, &with_extra_entries(&samples::toll_record().to_cbor().unwrap()));
+        write_vector(
+            name,
+            &with_extra_entries(&samples::toll_record().to_cbor().unwrap()),
+        );
         return;
     }
     let bytes = read_vector(name);

@@ -72,8 +72,9 @@ impl Message for RecordBatch {
 
     fn read_fields(map: &MapReader<'_>) -> Result<Self, DecodeError> {
         let node: String = map.required(0, "node")?;
-        let node = NodeId::new(node)
-            .map_err(|err| DecodeError::Invalid(Invalid::new(Self::NAME, "node", err.to_string())))?;
+        let node = NodeId::new(node).map_err(|err| {
+            DecodeError::Invalid(Invalid::new(Self::NAME, "node", err.to_string()))
+        })?;
         let first_seq = map.required(1, "first_seq")?;
 
         let compressed: Option<Vec<u8>> = map.optional(3, "records_zstd")?;
@@ -94,7 +95,10 @@ impl Message for RecordBatch {
                     return Err(DecodeError::Invalid(Invalid::new(
                         Self::NAME,
                         "record_count",
-                        format!("says {count} records but the compressed list holds {}", records.len()),
+                        format!(
+                            "says {count} records but the compressed list holds {}",
+                            records.len()
+                        ),
                     )));
                 }
                 (records, Compression::Zstd)
@@ -111,10 +115,23 @@ impl Message for RecordBatch {
 
     fn validate(&self) -> Result<(), Invalid> {
         if self.first_seq == 0 {
-            return Err(Invalid::new(Self::NAME, "first_seq", "sequence numbers start at 1"));
+            return Err(Invalid::new(
+                Self::NAME,
+                "first_seq",
+                "sequence numbers start at 1",
+            ));
         }
-        check::count(Self::NAME, "records", self.records.len(), MAX_RECORDS_PER_BATCH)?;
-        if self.first_seq.checked_add(self.records.len() as u64).is_none() {
+        check::count(
+            Self::NAME,
+            "records",
+            self.records.len(),
+            MAX_RECORDS_PER_BATCH,
+        )?;
+        if self
+            .first_seq
+            .checked_add(self.records.len() as u64)
+            .is_none()
+        {
             return Err(Invalid::new(
                 Self::NAME,
                 "first_seq",

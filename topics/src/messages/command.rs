@@ -96,7 +96,9 @@ impl Message for Command {
                 }
                 Ok(())
             }
-            CommandAction::CollectLogs { app, .. } => check::text(Self::NAME, "app", app, MAX_NAME_LEN),
+            CommandAction::CollectLogs { app, .. } => {
+                check::text(Self::NAME, "app", app, MAX_NAME_LEN)
+            }
             CommandAction::ResendSummary { hour_batch } => {
                 if is_hour_batch(*hour_batch) {
                     Ok(())

@@ -45,7 +45,10 @@ impl Message for DesiredState {
         check::count(Self::NAME, "apps", self.apps.len(), MAX_APPS_PER_NODE)?;
         for (index, app) in self.apps.iter().enumerate() {
             app.validate()?;
-            if self.apps[..index].iter().any(|other| other.name == app.name) {
+            if self.apps[..index]
+                .iter()
+                .any(|other| other.name == app.name)
+            {
                 return Err(Invalid::new(
                     Self::NAME,
                     "apps",
@@ -109,8 +112,9 @@ impl Message for AppSpec {
 
     fn read_fields(map: &MapReader<'_>) -> Result<Self, DecodeError> {
         let name: String = map.required(0, "name")?;
-        let name = ObjectName::new(name)
-            .map_err(|err| DecodeError::Invalid(Invalid::new(Self::NAME, "name", err.to_string())))?;
+        let name = ObjectName::new(name).map_err(|err| {
+            DecodeError::Invalid(Invalid::new(Self::NAME, "name", err.to_string()))
+        })?;
         Ok(AppSpec {
             name,
             image: map.required(1, "image")?,
@@ -120,7 +124,12 @@ impl Message for AppSpec {
             ports: map.messages(5, "ports", MAX_SPEC_LIST_LEN)?,
             mounts: map.messages(6, "mounts", MAX_SPEC_LIST_LEN)?,
             restart: map
-                .code(7, "restart", RestartPolicy::EXPECTED, RestartPolicy::from_code)?
+                .code(
+                    7,
+                    "restart",
+                    RestartPolicy::EXPECTED,
+                    RestartPolicy::from_code,
+                )?
                 .unwrap_or_default(),
             resources: map.optional_message(8, "resources")?.unwrap_or_default(),
         })
@@ -140,7 +149,11 @@ impl Message for AppSpec {
         for (key, value) in &self.env {
             check::text(name, "env", key, MAX_SHORT_TEXT_LEN)?;
             if key.contains('=') {
-                return Err(Invalid::new(name, "env", format!("variable name {key:?} contains '='")));
+                return Err(Invalid::new(
+                    name,
+                    "env",
+                    format!("variable name {key:?} contains '='"),
+                ));
             }
             check::max_len(name, "env", value, MAX_TEXT_LEN)?;
         }
@@ -195,7 +208,11 @@ impl Message for PortMapping {
 
     fn validate(&self) -> Result<(), Invalid> {
         if self.host_port == 0 || self.container_port == 0 {
-            return Err(Invalid::new(Self::NAME, "host_port", "port 0 is not a valid port"));
+            return Err(Invalid::new(
+                Self::NAME,
+                "host_port",
+                "port 0 is not a valid port",
+            ));
         }
         Ok(())
     }
@@ -236,7 +253,11 @@ impl Message for Mount {
         for (field, path) in [("source", &self.source), ("target", &self.target)] {
             check::text(Self::NAME, field, path, MAX_SHORT_TEXT_LEN)?;
             if !path.starts_with('/') {
-                return Err(Invalid::new(Self::NAME, field, format!("path {path:?} is not absolute")));
+                return Err(Invalid::new(
+                    Self::NAME,
+                    field,
+                    format!("path {path:?} is not absolute"),
+                ));
             }
         }
         Ok(())

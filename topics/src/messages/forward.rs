@@ -52,8 +52,9 @@ impl Message for ForwardBatch {
 
     fn read_fields(map: &MapReader<'_>) -> Result<Self, DecodeError> {
         let province: u8 = map.required(0, "province")?;
-        let province = Province::new(province)
-            .map_err(|err| DecodeError::Invalid(Invalid::new(Self::NAME, "province", err.to_string())))?;
+        let province = Province::new(province).map_err(|err| {
+            DecodeError::Invalid(Invalid::new(Self::NAME, "province", err.to_string()))
+        })?;
         let first_seq = map.required(1, "first_seq")?;
 
         let compressed: Option<Vec<u8>> = map.optional(3, "records_zstd")?;
@@ -64,13 +65,20 @@ impl Message for ForwardBatch {
             ),
             Some(compressed) => {
                 let count: u64 = map.required(4, "record_count")?;
-                let records: Vec<ForwardedRecord> =
-                    decompress_messages(Self::NAME, "records_zstd", &compressed, MAX_RECORDS_PER_BATCH)?;
+                let records: Vec<ForwardedRecord> = decompress_messages(
+                    Self::NAME,
+                    "records_zstd",
+                    &compressed,
+                    MAX_RECORDS_PER_BATCH,
+                )?;
                 if records.len() as u64 != count {
                     return Err(DecodeError::Invalid(Invalid::new(
                         Self::NAME,
                         "record_count",
-                        format!("says {count} records but the compressed list holds {}", records.len()),
+                        format!(
+                            "says {count} records but the compressed list holds {}",
+                            records.len()
+                        ),
                     )));
                 }
                 (records, Compression::Zstd)
@@ -87,10 +95,23 @@ impl Message for ForwardBatch {
 
     fn validate(&self) -> Result<(), Invalid> {
         if self.first_seq == 0 {
-            return Err(Invalid::new(Self::NAME, "first_seq", "sequence numbers start at 1"));
+            return Err(Invalid::new(
+                Self::NAME,
+                "first_seq",
+                "sequence numbers start at 1",
+            ));
         }
-        check::count(Self::NAME, "records", self.records.len(), MAX_RECORDS_PER_BATCH)?;
-        if self.first_seq.checked_add(self.records.len() as u64).is_none() {
+        check::count(
+            Self::NAME,
+            "records",
+            self.records.len(),
+            MAX_RECORDS_PER_BATCH,
+        )?;
+        if self
+            .first_seq
+            .checked_add(self.records.len() as u64)
+            .is_none()
+        {
             return Err(Invalid::new(
                 Self::NAME,
                 "first_seq",
@@ -122,8 +143,9 @@ impl Message for ForwardedRecord {
 
     fn read_fields(map: &MapReader<'_>) -> Result<Self, DecodeError> {
         let node: String = map.required(0, "node")?;
-        let node = NodeId::new(node)
-            .map_err(|err| DecodeError::Invalid(Invalid::new(Self::NAME, "node", err.to_string())))?;
+        let node = NodeId::new(node).map_err(|err| {
+            DecodeError::Invalid(Invalid::new(Self::NAME, "node", err.to_string()))
+        })?;
         Ok(ForwardedRecord {
             node,
             seq: map.required(1, "seq")?,
@@ -133,7 +155,11 @@ impl Message for ForwardedRecord {
 
     fn validate(&self) -> Result<(), Invalid> {
         if self.seq == 0 {
-            return Err(Invalid::new(Self::NAME, "seq", "sequence numbers start at 1"));
+            return Err(Invalid::new(
+                Self::NAME,
+                "seq",
+                "sequence numbers start at 1",
+            ));
         }
         self.record.validate()
     }

@@ -89,13 +89,28 @@ impl Message for TollRecord {
             media_id: map.required(4, "media_id")?,
             plate: map.required(5, "plate")?,
             plate_colour: map
-                .code(6, "plate_colour", PlateColour::EXPECTED, PlateColour::from_code)?
+                .code(
+                    6,
+                    "plate_colour",
+                    PlateColour::EXPECTED,
+                    PlateColour::from_code,
+                )?
                 .ok_or_else(|| missing(6, "plate_colour"))?,
             vehicle_type: map
-                .code(7, "vehicle_type", VehicleType::EXPECTED, VehicleType::from_code)?
+                .code(
+                    7,
+                    "vehicle_type",
+                    VehicleType::EXPECTED,
+                    VehicleType::from_code,
+                )?
                 .ok_or_else(|| missing(7, "vehicle_type"))?,
             vehicle_class: map
-                .code(8, "vehicle_class", VehicleClass::EXPECTED, VehicleClass::from_code)?
+                .code(
+                    8,
+                    "vehicle_class",
+                    VehicleClass::EXPECTED,
+                    VehicleClass::from_code,
+                )?
                 .unwrap_or_default(),
             axle_count: map.or_default(9, "axle_count")?,
             fee: map.required(10, "fee")?,
@@ -103,7 +118,12 @@ impl Message for TollRecord {
             discount_fee: map.or_default(12, "discount_fee")?,
             toll_intervals: map.or_default(13, "toll_intervals")?,
             trade_result: map
-                .code(14, "trade_result", TradeResult::EXPECTED, TradeResult::from_code)?
+                .code(
+                    14,
+                    "trade_result",
+                    TradeResult::EXPECTED,
+                    TradeResult::from_code,
+                )?
                 .unwrap_or_default(),
             antenna_id: map.or_default(15, "antenna_id")?,
             hour_batch: map.required(16, "hour_batch")?,
@@ -112,10 +132,20 @@ impl Message for TollRecord {
 
     fn validate(&self) -> Result<(), Invalid> {
         let name = Self::NAME;
-        check::text(name, "transaction_id", &self.transaction_id, MAX_SHORT_TEXT_LEN)?;
+        check::text(
+            name,
+            "transaction_id",
+            &self.transaction_id,
+            MAX_SHORT_TEXT_LEN,
+        )?;
         check::text(name, "gantry_id", &self.gantry_id, MAX_SHORT_TEXT_LEN)?;
         check::max_len(name, "plate", &self.plate, MAX_PLATE_LEN)?;
-        check::count(name, "toll_intervals", self.toll_intervals.len(), MAX_TOLL_INTERVALS)?;
+        check::count(
+            name,
+            "toll_intervals",
+            self.toll_intervals.len(),
+            MAX_TOLL_INTERVALS,
+        )?;
         for interval in &self.toll_intervals {
             check::text(name, "toll_intervals", interval, MAX_SHORT_TEXT_LEN)?;
         }
@@ -147,7 +177,10 @@ pub(crate) fn is_hour_batch(value: u32) -> bool {
     let day = value / 100 % 100;
     let month = value / 10_000 % 100;
     let year = value / 1_000_000;
-    (2000..=2199).contains(&year) && (1..=12).contains(&month) && (1..=31).contains(&day) && hour < 24
+    (2000..=2199).contains(&year)
+        && (1..=12).contains(&month)
+        && (1..=31).contains(&day)
+        && hour < 24
 }
 
 /// Declares a code enum: its variants, their numeric codes and the text that
@@ -293,7 +326,10 @@ mod tests {
             assert_eq!(PlateColour::from_code(colour.code().into()), Some(*colour));
         }
         for vehicle in VehicleType::ALL {
-            assert_eq!(VehicleType::from_code(vehicle.code().into()), Some(*vehicle));
+            assert_eq!(
+                VehicleType::from_code(vehicle.code().into()),
+                Some(*vehicle)
+            );
         }
         assert_eq!(VehicleType::from_code(7), None);
         assert_eq!(PlateColour::from_code(7), None);

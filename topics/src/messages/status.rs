@@ -5,7 +5,9 @@
 //! fields at their default are not sent, and a node running five healthy
 //! apps fits in under 96 bytes.
 
-use crate::limits::{MAX_APPS_PER_NODE, MAX_NAME_LEN, MAX_SHORT_TEXT_LEN, MAX_STATUS_BYTES, MAX_TEXT_LEN};
+use crate::limits::{
+    MAX_APPS_PER_NODE, MAX_NAME_LEN, MAX_SHORT_TEXT_LEN, MAX_STATUS_BYTES, MAX_TEXT_LEN,
+};
 use crate::wire::{DecodeError, Invalid, MapReader, MapWriter, Message, check};
 
 /// A node's compact status.

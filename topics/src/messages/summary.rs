@@ -59,7 +59,11 @@ impl Message for HourlySummary {
         }
         match (self.count, self.first_seq, self.last_seq) {
             (0, None, None) => Ok(()),
-            (count, Some(first), Some(last)) if count > 0 && first <= last && last - first >= count - 1 => Ok(()),
+            (count, Some(first), Some(last))
+                if count > 0 && first <= last && last - first >= count - 1 =>
+            {
+                Ok(())
+            }
             _ => Err(Invalid::new(
                 Self::NAME,
                 "first_seq",
