@@ -21,7 +21,7 @@ use crate::wire::{DecodeError, Invalid, MapReader, MapWriter, Message, check};
 #[serde(try_from = "DeploymentManifest", into = "DeploymentManifest")]
 pub struct Deployment {
     pub name: ObjectName,
-    /// Which nodes may run the app; empty matches every node of the province.
+    /// The nodes that may run the app; an empty selector matches every node of the province.
     pub selector: Selector,
     pub placement: PlacementMode,
     /// Place instances only on nodes that run this other deployment's app.

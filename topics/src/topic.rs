@@ -51,7 +51,7 @@ impl NodeKind {
         NodeKind::Summary,
     ];
 
-    /// The topic levels after the node id.
+    /// Returns the topic levels after the node id.
     pub fn suffix(self) -> &'static str {
         match self {
             NodeKind::Desired => "desired",
@@ -97,7 +97,7 @@ impl CenterKind {
         CenterKind::Events,
     ];
 
-    /// The topic levels after `center`.
+    /// Returns the topic levels after `center`.
     pub fn suffix(self) -> &'static str {
         match self {
             CenterKind::Status => "status",
@@ -246,7 +246,7 @@ impl Topic {
         Err(unknown())
     }
 
-    /// The province the topic belongs to; operators' objects belong to none.
+    /// Returns the province of the topic, or `None` for operators' objects.
     pub fn province(&self) -> Option<Province> {
         match self {
             Topic::Node { province, .. } | Topic::Center { province, .. } => Some(*province),
@@ -279,46 +279,46 @@ impl FromStr for Topic {
     }
 }
 
-/// The filter for one kind of topic of every node in a province, e.g.
+/// Builds the filter for one kind of topic of every node in a province, e.g.
 /// `tollway/v1/44/node/+/records`.
 pub fn node_filter(province: Province, kind: NodeKind) -> String {
     format!("{PREFIX}/{province}/node/+/{}", kind.suffix())
 }
 
-/// The filter for every topic of every node in a province.
+/// Builds the filter for every topic of every node in a province.
 pub fn province_nodes_filter(province: Province) -> String {
     format!("{PREFIX}/{province}/node/#")
 }
 
-/// The filter for everything under one node's prefix, the subtree a node's
+/// Builds the filter for everything under one node's prefix, the subtree a node's
 /// certificate is confined to.
 pub fn node_subtree_filter(province: Province, node: &NodeId) -> String {
     format!("{PREFIX}/{province}/node/{node}/#")
 }
 
-/// The filter for one kind of centre topic of one province.
+/// Builds the filter for one kind of centre topic of one province.
 pub fn center_filter(province: Province, kind: CenterKind) -> String {
     format!("{PREFIX}/{province}/center/{}", kind.suffix())
 }
 
-/// The filter for one kind of centre topic of every province, as the national
+/// Builds the filter for one kind of centre topic of every province, as the national
 /// centre subscribes, e.g. `tollway/v1/+/center/records`.
 pub fn all_centers_filter(kind: CenterKind) -> String {
     format!("{PREFIX}/+/center/{}", kind.suffix())
 }
 
-/// The filter for one kind of node topic across every province, e.g.
+/// Builds the filter for one kind of node topic across every province, e.g.
 /// `tollway/v1/+/node/+/status` for the national aggregator.
 pub fn all_nodes_filter(kind: NodeKind) -> String {
     format!("{PREFIX}/+/node/+/{}", kind.suffix())
 }
 
-/// The filter for every operator object of one kind.
+/// Builds the filter for every operator object of one kind.
 pub fn ops_filter(kind: OpsKind) -> String {
     format!("{PREFIX}/ops/{}/+", kind.level())
 }
 
-/// The filter for every operator object.
+/// Builds the filter for every operator object.
 pub fn all_ops_filter() -> String {
     format!("{PREFIX}/ops/#")
 }

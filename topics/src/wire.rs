@@ -177,7 +177,7 @@ pub enum DecodeError {
 
 /// A value that can be one field of a message.
 pub trait Field<'b>: Sized {
-    /// What a wrong-type error says was expected, e.g. "an unsigned integer".
+    /// The expected type that a wrong-type error names, e.g. "an unsigned integer".
     const EXPECTED: &'static str;
 
     fn decode_value(d: &mut Decoder<'b>) -> Result<Self, minicbor::decode::Error>;

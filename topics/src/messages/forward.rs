@@ -206,7 +206,7 @@ impl Message for BridgeState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CenterEvent {
     pub kind: EventKind,
-    /// What the event is about: an object name, a node id or a gantry-hour.
+    /// The event's subject: an object name, a node id or a gantry-hour.
     pub subject: String,
     pub message: String,
     pub time_ms: u64,
@@ -245,7 +245,7 @@ impl Message for CenterEvent {
 }
 
 crate::messages::record::code_enum! {
-    /// What a centre event reports.
+    /// The kind of a centre event.
     EventKind, expected "1 (object rejected) to 4 (replay requested)" {
         #[default]
         ObjectRejected = 1,

@@ -16,7 +16,8 @@ use crate::wire::{DecodeError, Invalid, MapReader, MapWriter, Message, check};
 /// 14 trade_result, 15 antenna_id, 16 hour_batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TollRecord {
-    /// Transaction id assigned by the gantry, unique nationwide.
+    /// Transaction id assigned by the gantry, unique nationwide. Treated as
+    /// opaque text: no layout inside it is parsed or checked.
     pub transaction_id: String,
     /// The charging gantry, e.g. `G001544001000110010`.
     pub gantry_id: String,
@@ -277,6 +278,10 @@ code_enum! {
 
 code_enum! {
     /// Vehicle class codes: who the vehicle is, which decides exemptions.
+    ///
+    /// NOTE: these codes were written from the published ETC code tables as
+    /// recalled, not checked against the text of JTG 6310-2022; verify them
+    /// before a province relies on them for exemptions.
     VehicleClass, expected "0 (ordinary), 8 (military), 10 (police), 12 (emergency), 14 (convoy), 21 (green channel), 22 (harvester), 23 (rescue), 24 (container), 25 (large transport)" {
         #[default]
         Ordinary = 0,

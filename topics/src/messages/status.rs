@@ -31,7 +31,7 @@ pub struct NodeStatus {
     pub version: String,
     /// Generation of the last desired state rejected as invalid, if any.
     pub rejected_generation: Option<u64>,
-    /// Why that desired state was rejected.
+    /// The reason that desired state was rejected.
     pub rejected_reason: Option<String>,
     /// True while the outbox is at its disk cap and the intake refuses records.
     pub backpressure: bool,
@@ -86,7 +86,7 @@ pub struct AppStatus {
     pub state: AppState,
     /// Restarts since the app's spec last changed.
     pub restarts: u32,
-    /// Why the app is failed or not running; absent when healthy.
+    /// The reason the app failed or is not running; absent when healthy.
     pub reason: Option<String>,
     /// True once the spec's next image has been pulled.
     pub next_image_ready: bool,
@@ -140,7 +140,7 @@ crate::messages::record::code_enum! {
         /// Created and starting.
         Starting = 2,
         Running = 3,
-        /// Cannot run; the status reason says why.
+        /// Cannot run; the status reason gives the cause.
         Failed = 4,
         /// Exited and not restarted under its restart policy.
         Stopped = 5,
