@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 /// A configuration that could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {source}; check the --config path")]
     Read {
         path: PathBuf,
         #[source]
@@ -24,7 +24,9 @@ pub enum ConfigError {
 
     /// TOML syntax or a key of the wrong type, an unknown key or a bad value;
     /// the message from `toml` names the key, the line and what was expected.
-    #[error("invalid config file {path}: {message}")]
+    #[error(
+        "invalid config file {path}: {message}\nfix or remove the key named above; the program's --help lists the options"
+    )]
     Parse { path: PathBuf, message: String },
 
     #[error("invalid config file {path}:\n{problems}")]

@@ -1,5 +1,7 @@
 //! `tracing` set-up, once per process.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// How log lines are written to standard error.
@@ -12,16 +14,21 @@ pub enum LogFormat {
 }
 
 /// Installs the global subscriber. `filter` wins over `RUST_LOG`; without
-/// either, `info` is used. An invalid filter is reported, never ignored.
+/// either, `info` is used. An invalid filter from either source is an error.
 pub fn init_logging(format: LogFormat, filter: Option<&str>) -> Result<(), String> {
-    let filter = match filter {
-        Some(filter) => EnvFilter::try_new(filter)
-            .map_err(|err| format!("invalid log filter {filter:?}: {err}"))?,
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    let filter = match (filter, std::env::var("RUST_LOG")) {
+        (Some(filter), _) => EnvFilter::try_new(filter)
+            .map_err(|err| format!("invalid log filter {filter:?} in --log: {err}"))?,
+        (None, Ok(from_env)) if !from_env.is_empty() => EnvFilter::try_new(&from_env)
+            .map_err(|err| format!("invalid log filter {from_env:?} in RUST_LOG: {err}"))?,
+        (None, _) => EnvFilter::new("info"),
     };
 
+    // Colour codes only when standard error is a terminal, so files and
+    // pipes get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Text => builder.try_init(),

@@ -68,14 +68,19 @@ impl Shutdown {
     /// ended early, so the caller can report them.
     pub async fn run_until_stopped(mut self, deadline: Duration) -> Vec<&'static str> {
         let mut ended_early = Vec::new();
+        // A task that ends after cancellation stopped as asked; only one that
+        // ends before it stopped on its own. `biased` checks the token first.
         tokio::select! {
+            biased;
             _ = self.token.cancelled() => {}
             Some(finished) = self.tasks.join_next() => {
                 let name = finished.unwrap_or("a task that panicked");
-                tracing::error!(task = name, "task stopped on its own; shutting down");
                 self.names.retain(|n| *n != name);
-                ended_early.push(name);
-                self.token.cancel();
+                if !self.token.is_cancelled() {
+                    tracing::error!(task = name, "task stopped on its own; shutting down");
+                    ended_early.push(name);
+                    self.token.cancel();
+                }
             }
         }
         self.wait_for_tasks(deadline).await;

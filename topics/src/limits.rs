@@ -70,6 +70,6 @@ pub const MAX_WAVES: usize = 64;
 /// Maximum number of labels a node reports.
 pub const MAX_LABELS: usize = 32;
 
-/// Maximum size of a command's output (collected logs), in bytes. A larger
-/// output is cut to its last bytes by the node before sending.
+/// Maximum size of a command's output (collected logs), in bytes. Encoding
+/// rejects a longer output, so a sender must cut it to its last bytes first.
 pub const MAX_COMMAND_OUTPUT: usize = 64 * 1024;

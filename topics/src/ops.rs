@@ -240,14 +240,14 @@ impl Message for Deployment {
     }
 
     fn validate(&self) -> Result<(), Invalid> {
-        if let PlacementMode::Replicas { replicas, .. } = self.placement {
-            if replicas == 0 || replicas > MAX_REPLICAS {
-                return Err(Invalid::new(
-                    Self::NAME,
-                    "replicas",
-                    format!("{replicas} is outside 1..={MAX_REPLICAS}"),
-                ));
-            }
+        if let PlacementMode::Replicas { replicas, .. } = self.placement
+            && (replicas == 0 || replicas > MAX_REPLICAS)
+        {
+            return Err(Invalid::new(
+                Self::NAME,
+                "replicas",
+                format!("{replicas} is outside 1..={MAX_REPLICAS}"),
+            ));
         }
         if self.colocate_with.as_ref() == Some(&self.name) {
             return Err(Invalid::new(
