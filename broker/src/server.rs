@@ -1,0 +1,168 @@
+//! Start-up and shutdown of the broker: binds the listeners, starts the
+//! plugins and hooks, runs rmqtt until shutdown is requested.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rmqtt::context::ServerContext;
+use rmqtt::hook::Type;
+use rmqtt::server::MqttServer;
+use tollway_runtime::Shutdown;
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::events::{Counters, EventRecorder};
+use crate::listeners::{ListenerError, ListenerTable, bind_all};
+use crate::pacing::PacingHook;
+use crate::plugins::{self, PluginError};
+
+/// Hook priorities: higher runs first. The ACL plugin uses 10.
+const AUTH_PRIORITY: u32 = 100;
+const PACING_PRIORITY: u32 = 100;
+const EVENTS_PRIORITY: u32 = 0;
+
+/// A broker that could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
+
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Set when a long-running task ended before shutdown was requested.
+pub type TaskFailed = Arc<AtomicBool>;
+
+/// Starts the broker's tasks on `shutdown`. Returns once every listener is
+/// bound and every plugin started, so that a caller can report readiness.
+pub async fn start(
+    config: &Config,
+    shutdown: &mut Shutdown,
+    failed: &TaskFailed,
+) -> Result<(), StartError> {
+    let retained_dir = plugins::retained_dir(&config.data_dir);
+    std::fs::create_dir_all(&retained_dir).map_err(|source| StartError::DataDir {
+        path: retained_dir.clone(),
+        source,
+    })?;
+
+    let (listeners, table) = bind_all(config)?;
+    let names: Vec<&'static str> = table.values().map(|info| info.name).collect();
+    let counters = Arc::new(Counters::new(&names));
+
+    // The busy check refuses CONNECTs with "server unavailable" while the
+    // host's CPU load is above 90 %; Tollway admits connections through
+    // its own pacing and handshake limit instead, so that admission does
+    // not depend on other programs sharing the host.
+    let builder = ServerContext::new().busy_check_enable(false);
+    let scx = plugins::configure(builder, config).build().await;
+    register_hooks(&scx, &table, &counters).await;
+    plugins::start(&scx, config).await?;
+
+    let metrics_listener = if config.metrics.enabled {
+        let addr = config.metrics.bind;
+        let listener = crate::metrics::bind(addr)
+            .await
+            .map_err(|source| StartError::Metrics { addr, source })?;
+        tracing::info!(%addr, "metrics endpoint listening");
+        Some(listener)
+    } else {
+        None
+    };
+
+    let mut server = MqttServer::new(scx.clone());
+    for listener in listeners {
+        server = server.listener(listener);
+    }
+    let server = server.build();
+
+    let stop = shutdown.token();
+    spawn_service(shutdown, failed, "mqtt-server", async move {
+        // rmqtt's accept loops never return; dropping this future on
+        // shutdown closes the listening sockets.
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            result = server.run() => {
+                if let Err(err) = result {
+                    tracing::error!(error = %err, "MQTT server stopped");
+                }
+            }
+        }
+    });
+
+    if let Some(listener) = metrics_listener {
+        let stop = shutdown.token();
+        let table = table.clone();
+        let counters = counters.clone();
+        spawn_service(
+            shutdown,
+            failed,
+            "metrics",
+            crate::metrics::serve(listener, table, counters, stop),
+        );
+    }
+
+    Ok(())
+}
+
+/// Spawns a task that should run until shutdown. If it ends before, it
+/// sets `failed` and cancels the others, so the program stops with an error.
+fn spawn_service<F>(shutdown: &mut Shutdown, failed: &TaskFailed, name: &'static str, task: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let token = shutdown.token();
+    let failed = failed.clone();
+    shutdown.spawn(name, async move {
+        task.await;
+        if !token.is_cancelled() {
+            tracing::error!(task = name, "task stopped on its own; shutting down");
+            failed.store(true, Ordering::Relaxed);
+            token.cancel();
+        }
+    });
+}
+
+async fn register_hooks(scx: &ServerContext, table: &ListenerTable, counters: &Arc<Counters>) {
+    let register = scx.extends.hook_mgr().register();
+
+    let auth = || Box::new(Authenticator::new(table.clone(), counters.clone()));
+    register
+        .add_priority(Type::ClientAuthenticate, AUTH_PRIORITY, auth())
+        .await;
+
+    if table.values().any(|info| info.pacer.is_some()) {
+        let pacing = Box::new(PacingHook::new(table.clone()));
+        register
+            .add_priority(Type::ClientConnect, PACING_PRIORITY, pacing)
+            .await;
+    }
+
+    let events = || Box::new(EventRecorder::new(table.clone(), counters.clone()));
+    for typ in [
+        Type::ClientConnected,
+        Type::ClientDisconnected,
+        Type::MessagePublish,
+        Type::MessageDelivered,
+        Type::MessageDropped,
+    ] {
+        register.add_priority(typ, EVENTS_PRIORITY, events()).await;
+    }
+    register.start().await;
+}

@@ -1,0 +1,350 @@
+//! A provincial broker against real MQTT clients on loopback: node
+//! confinement by certificate CN, certificate checks, service passwords,
+//! retained messages across a restart and immediate rebinding.
+
+mod support;
+
+use std::time::Duration;
+
+use rumqttc::{ConnectReturnCode, Packet, QoS, SubscribeReasonCode};
+use support::*;
+use time::OffsetDateTime;
+
+const SHORT: Duration = Duration::from_secs(2);
+
+async fn suback(eventloop: &mut rumqttc::EventLoop) -> Vec<SubscribeReasonCode> {
+    next_packet(eventloop, SHORT, |p| match p {
+        Packet::SubAck(ack) => Some(ack.return_codes.clone()),
+        _ => None,
+    })
+    .await
+    .expect("no SUBACK")
+}
+
+#[tokio::test]
+async fn node_uses_own_prefix() {
+    let files = BrokerFiles::province();
+    let _broker = files.start();
+    let pem = files.ca.node_cert("A");
+
+    let (client, mut eventloop, ack) =
+        connect(node_options(&files, "A", Some(&pem), &files.ca.cert_pem)).await;
+    assert_eq!(
+        ack.expect("node A was not accepted").code,
+        ConnectReturnCode::Success
+    );
+
+    client
+        .subscribe(node_topic("A", "#"), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    assert_eq!(
+        suback(&mut eventloop).await,
+        vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
+
+    client
+        .publish(
+            node_topic("A", "status"),
+            QoS::AtLeastOnce,
+            false,
+            b"up".to_vec(),
+        )
+        .await
+        .unwrap();
+    let received = next_packet(&mut eventloop, SHORT, |p| match p {
+        Packet::Publish(publish) => Some((publish.topic.clone(), publish.payload.to_vec())),
+        _ => None,
+    })
+    .await
+    .expect("node A did not receive its own status");
+    assert_eq!(received, (node_topic("A", "status"), b"up".to_vec()));
+}
+
+#[tokio::test]
+async fn node_cannot_subscribe_elsewhere() {
+    let files = BrokerFiles::province();
+    let _broker = files.start();
+    let pem = files.ca.node_cert("A");
+
+    let (client, mut eventloop, ack) =
+        connect(node_options(&files, "A", Some(&pem), &files.ca.cert_pem)).await;
+    ack.expect("node A was not accepted");
+
+    client
+        .subscribe(node_topic("B", "desired"), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    assert_eq!(
+        suback(&mut eventloop).await,
+        vec![SubscribeReasonCode::Failure],
+        "B's topic"
+    );
+
+    client.subscribe("#", QoS::AtLeastOnce).await.unwrap();
+    assert_eq!(
+        suback(&mut eventloop).await,
+        vec![SubscribeReasonCode::Failure],
+        "#"
+    );
+
+    client
+        .subscribe(
+            format!("tollway/v1/{PROVINCE}/node/+/status"),
+            QoS::AtLeastOnce,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        suback(&mut eventloop).await,
+        vec![SubscribeReasonCode::Failure],
+        "+ over nodes"
+    );
+}
+
+#[tokio::test]
+async fn node_cannot_publish_to_other_node() {
+    let files = BrokerFiles::province();
+    let _broker = files.start();
+
+    // A service watches every node topic, so a leaked message would show.
+    let (service, mut service_loop, ack) =
+        connect(service_options(&files, "watcher", Some(SERVICE_PASSWORD))).await;
+    ack.expect("service login failed");
+    service
+        .subscribe(format!("tollway/v1/{PROVINCE}/node/#"), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    assert_eq!(
+        suback(&mut service_loop).await,
+        vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
+
+    let pem = files.ca.node_cert("A");
+    let (client, mut eventloop, ack) =
+        connect(node_options(&files, "A", Some(&pem), &files.ca.cert_pem)).await;
+    ack.expect("node A was not accepted");
+    client
+        .publish(
+            node_topic("B", "status"),
+            QoS::AtLeastOnce,
+            false,
+            b"forged".to_vec(),
+        )
+        .await
+        .unwrap();
+
+    let ended = next_packet(&mut eventloop, SHORT, |p| {
+        matches!(p, Packet::PubAck(_)).then_some(())
+    })
+    .await;
+    assert!(
+        ended.is_err(),
+        "the forged publish was acknowledged instead of disconnecting A"
+    );
+
+    let leaked = next_packet(&mut service_loop, SHORT, |p| match p {
+        Packet::Publish(publish) => Some(publish.topic.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(leaked.is_err(), "the service received {leaked:?}");
+}
+
+#[tokio::test]
+async fn username_of_other_node_ignored() {
+    let files = BrokerFiles::province();
+    let _broker = files.start();
+    let pem = files.ca.node_cert("A");
+
+    let mut options = node_options(&files, "A", Some(&pem), &files.ca.cert_pem);
+    options.set_credentials("B", "anything");
+    let (client, mut eventloop, ack) = connect(options).await;
+    ack.expect("node A with username B was not accepted");
+
+    client
+        .subscribe(node_topic("B", "#"), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    assert_eq!(
+        suback(&mut eventloop).await,
+        vec![SubscribeReasonCode::Failure],
+        "B's topics"
+    );
+    client
+        .subscribe(node_topic("A", "#"), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    assert_eq!(
+        suback(&mut eventloop).await,
+        vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)],
+        "A's topics"
+    );
+}
+
+#[tokio::test]
+async fn client_id_of_other_node_rejected() {
+    let files = BrokerFiles::province();
+    let _broker = files.start();
+    let pem = files.ca.node_cert("A");
+
+    let (_client, _eventloop, ack) =
+        connect(node_options(&files, "B", Some(&pem), &files.ca.cert_pem)).await;
+    match ack {
+        Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
+            assert_eq!(code, ConnectReturnCode::NotAuthorized)
+        }
+        other => panic!("node A using client id B got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn bad_certificates_rejected() {
+    let files = BrokerFiles::province();
+    let _broker = files.start();
+
+    let foreign = TestCa::new("another CA").node_cert("A");
+    let expired = files
+        .ca
+        .node_cert_until("A", OffsetDateTime::now_utc() - time::Duration::days(1));
+    let cases = [
+        ("another CA", Some(&foreign)),
+        ("expired", Some(&expired)),
+        ("no certificate", None),
+    ];
+
+    for (case, pem) in cases {
+        let (_client, _eventloop, ack) =
+            connect(node_options(&files, "A", pem, &files.ca.cert_pem)).await;
+        assert!(
+            ack.is_err(),
+            "{case}: the broker accepted the connection: {ack:?}"
+        );
+    }
+
+    // The same broker still accepts a valid certificate, so the rejections
+    // above are about the certificates.
+    let valid = files.ca.node_cert("A");
+    let (_client, _eventloop, ack) =
+        connect(node_options(&files, "A", Some(&valid), &files.ca.cert_pem)).await;
+    ack.expect("a valid certificate was rejected");
+}
+
+#[tokio::test]
+async fn service_password_checked() {
+    let files = BrokerFiles::province();
+    let _broker = files.start();
+
+    for (case, password) in [("wrong password", Some("wrong")), ("no password", None)] {
+        let (_client, _eventloop, ack) = connect(service_options(&files, "svc", password)).await;
+        match ack {
+            Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
+                assert_eq!(code, ConnectReturnCode::NotAuthorized, "{case}")
+            }
+            other => panic!("{case}: expected CONNACK not authorised, got {other:?}"),
+        }
+    }
+
+    let (_client, _eventloop, ack) =
+        connect(service_options(&files, "svc", Some(SERVICE_PASSWORD))).await;
+    assert_eq!(
+        ack.expect("the right password was rejected").code,
+        ConnectReturnCode::Success
+    );
+}
+
+#[tokio::test]
+async fn retained_survives_restart() {
+    let files = BrokerFiles::province();
+    let broker = files.start();
+    let topic = node_topic("A", "desired");
+
+    let (service, mut service_loop, ack) =
+        connect(service_options(&files, "ctl", Some(SERVICE_PASSWORD))).await;
+    ack.expect("service login failed");
+    service
+        .publish(&topic, QoS::AtLeastOnce, true, b"generation 7".to_vec())
+        .await
+        .unwrap();
+    next_packet(&mut service_loop, SHORT, |p| {
+        matches!(p, Packet::PubAck(_)).then_some(())
+    })
+    .await
+    .expect("no PUBACK for the retained publish");
+    // The retainer writes to sled in the background, which flushes to disk
+    // about every 500 ms.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(service);
+    drop(service_loop);
+
+    let status = broker.stop();
+    assert!(
+        status.success(),
+        "broker exited with {status} after SIGTERM"
+    );
+    let _broker = files.start();
+
+    let pem = files.ca.node_cert("A");
+    let (client, mut eventloop, ack) =
+        connect(node_options(&files, "A", Some(&pem), &files.ca.cert_pem)).await;
+    ack.expect("node A was not accepted after the restart");
+    client.subscribe(&topic, QoS::AtLeastOnce).await.unwrap();
+    let retained = next_packet(&mut eventloop, SHORT, |p| match p {
+        Packet::Publish(publish) => Some((publish.retain, publish.payload.to_vec())),
+        _ => None,
+    })
+    .await
+    .expect("no retained desired state after the restart");
+    assert_eq!(retained, (true, b"generation 7".to_vec()));
+}
+
+#[tokio::test]
+async fn restart_binds_immediately() {
+    let files = BrokerFiles::province();
+    let broker = files.start();
+
+    // Connections closed by the broker leave its side in TIME_WAIT, which
+    // blocks a new bind without SO_REUSEADDR.
+    let pem = files.ca.node_cert("A");
+    let (_node, _node_loop, ack) =
+        connect(node_options(&files, "A", Some(&pem), &files.ca.cert_pem)).await;
+    ack.expect("node A was not accepted");
+    let (_svc, _svc_loop, ack) =
+        connect(service_options(&files, "svc", Some(SERVICE_PASSWORD))).await;
+    ack.expect("service login failed");
+
+    broker.stop();
+    // `start` panics if the new process exits, e.g. on "Address already in use".
+    let _broker = files.start();
+    let (_node, _node_loop, ack) =
+        connect(node_options(&files, "A", Some(&pem), &files.ca.cert_pem)).await;
+    ack.expect("node A was not accepted after the restart");
+}
+
+#[tokio::test]
+async fn metrics_count_connections() {
+    let files = BrokerFiles::province();
+    let _broker = files.start();
+    let pem = files.ca.node_cert("A");
+
+    let (_client, _eventloop, ack) =
+        connect(node_options(&files, "A", Some(&pem), &files.ca.cert_pem)).await;
+    ack.expect("node A was not accepted");
+    let (_svc, _svc_loop, ack) = connect(service_options(&files, "svc", Some("wrong"))).await;
+    assert!(ack.is_err(), "a wrong password was accepted");
+
+    let response = scrape_metrics(files.ports.metrics);
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(
+        response.contains("tollway_broker_connections{listener=\"node_listener\"} 1\n"),
+        "{response}"
+    );
+    assert!(
+        response.contains("tollway_broker_connects_total{listener=\"node_listener\"} 1\n"),
+        "{response}"
+    );
+    assert!(
+        response.contains("tollway_broker_rejections_total{listener=\"service_listener\"} 1\n"),
+        "{response}"
+    );
+}

@@ -1,0 +1,358 @@
+//! Test support: a throw-away PKI made with rcgen, a real `tollway-broker`
+//! process on loopback ports chosen at run time, and rumqttc clients.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rumqttc::{
+    AsyncClient, ConnAck, ConnectionError, Event, EventLoop, MqttOptions, Packet, TlsConfiguration,
+    Transport,
+};
+use time::OffsetDateTime;
+
+pub const PROVINCE: u8 = 44;
+pub const SERVICE_USER: &str = "ingest";
+pub const SERVICE_PASSWORD: &str = "correct horse battery staple";
+
+/// A certificate and key in PEM.
+#[derive(Clone)]
+pub struct Pem {
+    pub cert: String,
+    pub key: String,
+}
+
+/// A CA that can issue node and server certificates.
+pub struct TestCa {
+    pub cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> Self {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn(name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key).unwrap();
+        TestCa {
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A node client certificate with CN `node`, valid until `not_after`.
+    pub fn node_cert_until(&self, node: &str, not_after: OffsetDateTime) -> Pem {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn(node);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = not_after - time::Duration::days(30);
+        params.not_after = not_after;
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Pem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
+    pub fn node_cert(&self, node: &str) -> Pem {
+        self.node_cert_until(node, OffsetDateTime::now_utc() + time::Duration::days(1))
+    }
+
+    pub fn server_cert(&self) -> Pem {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn("127.0.0.1");
+        params.subject_alt_names = vec![SanType::IpAddress([127, 0, 0, 1].into())];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Pem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+}
+
+fn dn(cn: &str) -> DistinguishedName {
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, cn);
+    name
+}
+
+/// Ports for one broker, chosen by binding port 0 and releasing it.
+#[derive(Clone, Copy)]
+pub struct Ports {
+    pub node: u16,
+    pub service: u16,
+    pub metrics: u16,
+}
+
+impl Ports {
+    pub fn pick() -> Self {
+        let pick = || {
+            TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        Ports {
+            node: pick(),
+            service: pick(),
+            metrics: pick(),
+        }
+    }
+}
+
+/// Files of one provincial broker: PKI, password file, data dir, config.
+pub struct BrokerFiles {
+    pub dir: tempfile::TempDir,
+    pub ca: TestCa,
+    pub ports: Ports,
+    pub config: PathBuf,
+}
+
+impl BrokerFiles {
+    /// Writes a province 44 configuration.
+    pub fn province() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new("test CA");
+        let server = ca.server_cert();
+        let ports = Ports::pick();
+
+        write(dir.path(), "ca.crt", &ca.cert_pem);
+        write(dir.path(), "server.crt", &server.cert);
+        write(dir.path(), "server.key", &server.key);
+        let hash = hash_password(SERVICE_PASSWORD);
+        write(
+            dir.path(),
+            "passwd",
+            &format!("# centre services\n{SERVICE_USER}:{hash}\n"),
+        );
+
+        let d = dir.path().display();
+        let config = format!(
+            r#"profile = "province"
+province = {PROVINCE}
+data_dir = "{d}/data"
+
+[node_listener]
+bind = "127.0.0.1:{node}"
+cert_file = "{d}/server.crt"
+key_file = "{d}/server.key"
+client_ca_file = "{d}/ca.crt"
+
+[service_listener]
+bind = "127.0.0.1:{service}"
+password_file = "{d}/passwd"
+
+[metrics]
+bind = "127.0.0.1:{metrics}"
+"#,
+            node = ports.node,
+            service = ports.service,
+            metrics = ports.metrics,
+        );
+        let config_path = write(dir.path(), "broker.toml", &config);
+        BrokerFiles {
+            dir,
+            ca,
+            ports,
+            config: config_path,
+        }
+    }
+
+    pub fn start(&self) -> Broker {
+        Broker::start(&self.config, self.ports)
+    }
+}
+
+fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+/// Hashes a password with the broker's own `--hash-password`.
+pub fn hash_password(password: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tollway-broker"))
+        .arg("--hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "--hash-password failed");
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+/// A running broker process, killed on drop.
+pub struct Broker {
+    child: Child,
+}
+
+impl Broker {
+    /// Starts the broker and waits until all its ports accept connections.
+    pub fn start(config: &Path, ports: Ports) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_tollway-broker"))
+            .arg("--config")
+            .arg(config)
+            .arg("--log")
+            .arg("info")
+            .spawn()
+            .unwrap();
+        let mut broker = Broker { child };
+        broker.wait_ready(ports, Duration::from_secs(10));
+        broker
+    }
+
+    fn wait_ready(&mut self, ports: Ports, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for port in [ports.node, ports.service, ports.metrics] {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            loop {
+                if let Some(status) = self.child.try_wait().unwrap() {
+                    panic!("broker exited with {status} before port {port} was ready");
+                }
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "broker did not listen on port {port} within {timeout:?}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(status.success(), "kill -TERM {pid} failed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker did not stop within 10 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Options for a node connecting over mutual TLS with `pem`, or without a
+/// client certificate when `pem` is `None`.
+pub fn node_options(
+    files: &BrokerFiles,
+    client_id: &str,
+    pem: Option<&Pem>,
+    ca_pem: &str,
+) -> MqttOptions {
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", files.ports.node);
+    options.set_keep_alive(Duration::from_secs(30));
+    let client_auth = pem.map(|pem| (pem.cert.clone().into_bytes(), pem.key.clone().into_bytes()));
+    options.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+        ca: ca_pem.as_bytes().to_vec(),
+        alpn: None,
+        client_auth,
+    }));
+    options
+}
+
+pub fn service_options(
+    files: &BrokerFiles,
+    client_id: &str,
+    password: Option<&str>,
+) -> MqttOptions {
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", files.ports.service);
+    options.set_keep_alive(Duration::from_secs(30));
+    if let Some(password) = password {
+        options.set_credentials(SERVICE_USER, password);
+    }
+    options
+}
+
+/// Connects and returns the CONNACK, or the error that ended the attempt.
+pub async fn connect(
+    options: MqttOptions,
+) -> (AsyncClient, EventLoop, Result<ConnAck, ConnectionError>) {
+    // The test binary links both of rustls' crypto back-ends (through
+    // rcgen and rmqtt), so rustls cannot pick one by itself.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    let result = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => return Ok(ack),
+                Ok(_) => continue,
+                Err(err) => return Err(err),
+            }
+        }
+    })
+    .await
+    .expect("no CONNACK and no error within 10 s");
+    (client, eventloop, result)
+}
+
+/// Polls until a packet matching `want` arrives, or `timeout` passes.
+pub async fn next_packet<T>(
+    eventloop: &mut EventLoop,
+    timeout: Duration,
+    mut want: impl FnMut(&Packet) -> Option<T>,
+) -> Result<T, String> {
+    let result = tokio::time::timeout(timeout, async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(packet)) => {
+                    if let Some(found) = want(&packet) {
+                        return Ok(found);
+                    }
+                }
+                Ok(Event::Outgoing(_)) => {}
+                Err(err) => return Err(format!("connection ended: {err}")),
+            }
+        }
+    })
+    .await;
+    result.unwrap_or_else(|_| Err(format!("nothing matching within {timeout:?}")))
+}
+
+pub fn node_topic(node: &str, kind: &str) -> String {
+    format!("tollway/v1/{PROVINCE}/node/{node}/{kind}")
+}
+
+/// Fetches `/metrics` over plain HTTP.
+pub fn scrape_metrics(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
