@@ -118,8 +118,12 @@ async fn mosquitto_pub_with_bad_payload_stores_nothing() {
     let harness = start(IntakeConfig::default(), None).await;
 
     let output = mosquitto_pub(harness.addr, INTAKE_TOPIC, b"not cbor").await;
-    // The intake closes the connection instead of sending a PUBACK; what
-    // mosquitto_pub reports then is its own business, but nothing is stored.
+    // The intake closes the connection instead of sending a PUBACK, which
+    // mosquitto_pub 2.0.11 reports as "The connection was lost" (exit 7).
+    assert!(
+        !output.status.success(),
+        "mosquitto_pub succeeded without a PUBACK"
+    );
     assert!(stored_ids(&harness.outbox).is_empty());
     assert_eq!(
         IntakeCounters::get(&harness.counters.rejections),
@@ -289,6 +293,15 @@ async fn subscribe_gets_failure_suback_and_connection_stays() {
         Some(Ok(Packet::PubAck(ack))) => assert_eq!(ack.pkid, 9),
         other => panic!("expected a PUBACK after the rejected SUBSCRIBE, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn silent_client_is_closed_after_keep_alive() {
+    let harness = start(IntakeConfig::default(), None).await;
+    // Keep-alive 1 s: the intake closes after 1.5 s without a packet.
+    let mut client = RawClient::connect_with_keep_alive(harness.addr, "silent-app", 1).await;
+    client.expect_closed("keep-alive expired").await;
+    assert_eq!(IntakeCounters::get(&harness.counters.rejections), 1);
 }
 
 #[tokio::test]

@@ -54,11 +54,21 @@ pub struct RawClient {
 }
 
 impl RawClient {
-    /// Connects and completes the CONNECT/CONNACK handshake.
+    /// Connects with a 30 s keep-alive and completes the CONNECT/CONNACK
+    /// handshake.
     pub async fn connect(addr: SocketAddr, client_id: &str) -> RawClient {
+        RawClient::connect_with_keep_alive(addr, client_id, 30).await
+    }
+
+    /// Connects with `keep_alive_s` and completes the handshake.
+    pub async fn connect_with_keep_alive(
+        addr: SocketAddr,
+        client_id: &str,
+        keep_alive_s: u16,
+    ) -> RawClient {
         let mut client = RawClient::open(addr).await;
         let mut connect = Connect::new(client_id);
-        connect.keep_alive = 30;
+        connect.keep_alive = keep_alive_s;
         client.send(Packet::Connect(connect)).await;
         match client.recv().await {
             Some(Ok(Packet::ConnAck(ack))) => assert_eq!(ack.code, ConnectReturnCode::Success),
