@@ -313,6 +313,21 @@ async fn disk_cap_applies_backpressure_without_dropping() {
 }
 
 #[tokio::test]
+async fn append_larger_than_cap_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.max_undelivered_bytes = 32 * 1024;
+    let outbox = Outbox::open(node(), &config).unwrap();
+
+    // 1000 records of about 170 bytes can never fit under 32 KiB.
+    match outbox.append(&records(1..=1000)).await {
+        Err(OutboxError::AppendOverCap { cap_bytes, .. }) => assert_eq!(cap_bytes, 32 * 1024),
+        other => panic!("expected AppendOverCap, got {other:?}"),
+    }
+    assert_eq!(outbox.stats(SystemTime::now()).unwrap().next_seq, 1);
+}
+
+#[tokio::test]
 async fn invalid_and_empty_appends_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let outbox = open(dir.path());

@@ -51,6 +51,16 @@ pub enum OutboxError {
     },
 
     #[error(
+        "node {node}: an append of {request_bytes} bytes can never fit under the outbox cap \
+         of {cap_bytes} bytes; split it into smaller appends"
+    )]
+    AppendOverCap {
+        node: NodeId,
+        request_bytes: u64,
+        cap_bytes: u64,
+    },
+
+    #[error(
         "node {node}: outbox is full ({undelivered_bytes} undelivered bytes, \
          cap {cap_bytes}, {request_bytes} more requested; next seq would be {next_seq}); \
          retry after the centre acknowledges records"
@@ -118,6 +128,13 @@ pub enum OutboxError {
 
     #[error("node {node}: invalid batch limits: {problem}")]
     InvalidLimits { node: NodeId, problem: String },
+
+    #[error("node {node}: cannot start the outbox writer thread")]
+    WriterThread {
+        node: NodeId,
+        #[source]
+        source: std::io::Error,
+    },
 
     #[error("node {node}: the outbox writer has stopped; no further writes are possible")]
     Closed { node: NodeId },

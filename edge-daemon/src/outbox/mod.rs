@@ -2,7 +2,8 @@
 //!
 //! Every accepted toll record gets the node's next sequence number (from 1,
 //! never reused, also across restarts) and is stored with it in one synced
-//! write, so an append that returns `Ok` survives a crash or power loss.
+//! write, so an append that returns `Ok` survives a crash or power loss
+//! (the latter as far as the disk honours fsync; tests cover process kills).
 //! Records stay until the centre acknowledges them (the delivery watermark
 //! moves only on the centre's ack), then for a retention window so the centre
 //! can request a replay. Undelivered data has a disk cap: an append beyond it
@@ -36,8 +37,8 @@ pub use writer::{PruneReport, SeqRange};
 use store::{COUNTERS_KEY, Counters, NODE_KEY, RECORDS_CF};
 use writer::{AppendRequest, Request, Writer, WriterLimits};
 
-/// Handle to an open outbox. Dropping it stops the writer thread after the
-/// write in progress and closes the database.
+/// Handle to an open outbox. Dropping it lets the writer thread finish the
+/// queued requests, stops it and closes the database.
 pub struct Outbox {
     node: NodeId,
     db: Arc<DB>,
@@ -135,8 +136,9 @@ impl Outbox {
         let handle = std::thread::Builder::new()
             .name("outbox-writer".to_string())
             .spawn(move || writer.run(requests_rx))
-            .map_err(|err| {
-                OutboxError::InvalidConfig(format!("cannot start the outbox writer thread: {err}"))
+            .map_err(|source| OutboxError::WriterThread {
+                node: node.clone(),
+                source,
             })?;
 
         Ok(Outbox {
@@ -187,6 +189,17 @@ impl Outbox {
                     source: Box::new(source),
                 })?;
             encoded.push(cbor);
+        }
+        let request_bytes: u64 = encoded
+            .iter()
+            .map(|cbor| store::stored_size(cbor.len()))
+            .sum();
+        if request_bytes > self.max_undelivered_bytes {
+            return Err(OutboxError::AppendOverCap {
+                node: self.node.clone(),
+                request_bytes,
+                cap_bytes: self.max_undelivered_bytes,
+            });
         }
 
         let (reply_tx, reply_rx) = oneshot::channel();
