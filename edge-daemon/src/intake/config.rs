@@ -42,6 +42,9 @@ pub struct IntakeConfig {
     /// connection until the oldest settles. Set it above the apps' own
     /// in-flight window (rumqttc 100, Mosquitto clients 20 by default), so
     /// their PINGREQs are still read during back-pressure. Default 128.
+    /// Together with `max_connections` it bounds the records held in memory:
+    /// at the defaults, at most 64 × 128 records of up to 16 KiB (128 MiB)
+    /// in the worst case, and about 1.2 MB with typical 150-byte records.
     #[serde(default = "default_max_inflight")]
     pub max_inflight: usize,
 
