@@ -11,7 +11,7 @@ use crate::limits::{MAX_BATCH_BYTES, MAX_DECOMPRESSED_BYTES, MAX_RECORDS_PER_BAT
 use crate::messages::TollRecord;
 use crate::wire::{DecodeError, Invalid, MapReader, MapWriter, Message, check};
 
-/// How a batch's records are carried.
+/// The encoding of a batch's record list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compression {
     /// A plain CBOR array of records (key 2).
@@ -37,18 +37,17 @@ pub struct RecordBatch {
     /// Sequences start at 1, so 0 in an acknowledgement means "nothing yet".
     pub first_seq: u64,
     pub records: Vec<TollRecord>,
-    /// How the records are carried on the wire; decoding reports what it saw.
+    /// The record list's encoding on the wire; decoding reports the one it found.
     pub compression: Compression,
 }
 
 impl RecordBatch {
     /// Sequence number of the last record, or `None` for an empty batch.
     pub fn last_seq(&self) -> Option<u64> {
-        let len = self.records.len() as u64;
-        (len > 0).then(|| self.first_seq + len - 1)
+        last_seq_of(self.first_seq, self.records.len())
     }
 
-    /// The records paired with their sequence numbers.
+    /// Returns the records paired with their sequence numbers.
     pub fn sequenced(&self) -> impl Iterator<Item = (u64, &TollRecord)> {
         (self.first_seq..).zip(self.records.iter())
     }
@@ -61,13 +60,7 @@ impl Message for RecordBatch {
     fn write_fields(&self, map: &mut MapWriter) {
         map.field(0, &self.node.to_string());
         map.field(1, &self.first_seq);
-        match self.compression {
-            Compression::None => map.messages(2, &self.records),
-            Compression::Zstd => {
-                map.raw_bytes(3, &compress_messages(&self.records));
-                map.field(4, &(self.records.len() as u64));
-            }
-        }
+        write_record_list(map, &self.records, self.compression);
     }
 
     fn read_fields(map: &MapReader<'_>) -> Result<Self, DecodeError> {
@@ -76,34 +69,7 @@ impl Message for RecordBatch {
             DecodeError::Invalid(Invalid::new(Self::NAME, "node", err.to_string()))
         })?;
         let first_seq = map.required(1, "first_seq")?;
-
-        let compressed: Option<Vec<u8>> = map.optional(3, "records_zstd")?;
-        let (records, compression) = match compressed {
-            None => (
-                map.messages(2, "records", MAX_RECORDS_PER_BATCH)?,
-                Compression::None,
-            ),
-            Some(compressed) => {
-                let count: u64 = map.required(4, "record_count")?;
-                let records = decompress_messages(
-                    Self::NAME,
-                    "records_zstd",
-                    &compressed,
-                    MAX_RECORDS_PER_BATCH,
-                )?;
-                if records.len() as u64 != count {
-                    return Err(DecodeError::Invalid(Invalid::new(
-                        Self::NAME,
-                        "record_count",
-                        format!(
-                            "says {count} records but the compressed list holds {}",
-                            records.len()
-                        ),
-                    )));
-                }
-                (records, Compression::Zstd)
-            }
-        };
+        let (records, compression) = read_record_list(map, Self::NAME)?;
 
         Ok(RecordBatch {
             node,
@@ -114,36 +80,92 @@ impl Message for RecordBatch {
     }
 
     fn validate(&self) -> Result<(), Invalid> {
-        if self.first_seq == 0 {
-            return Err(Invalid::new(
-                Self::NAME,
-                "first_seq",
-                "sequence numbers start at 1",
-            ));
-        }
-        check::count(
-            Self::NAME,
-            "records",
-            self.records.len(),
-            MAX_RECORDS_PER_BATCH,
-        )?;
-        if self
-            .first_seq
-            .checked_add(self.records.len() as u64)
-            .is_none()
-        {
-            return Err(Invalid::new(
-                Self::NAME,
-                "first_seq",
-                format!("{} plus the record count overflows u64", self.first_seq),
-            ));
-        }
+        validate_sequence_range(Self::NAME, self.first_seq, self.records.len())?;
         self.records.iter().try_for_each(TollRecord::validate)
     }
 }
 
+/// Returns the sequence number of the last of `len` records numbered from
+/// `first_seq`, or `None` when there are none.
+pub(crate) fn last_seq_of(first_seq: u64, len: usize) -> Option<u64> {
+    (len > 0).then(|| first_seq + len as u64 - 1)
+}
+
+/// Checks a batch's sequence range: it starts at 1 or later, holds at most
+/// [`MAX_RECORDS_PER_BATCH`] records and does not overflow `u64`.
+pub(crate) fn validate_sequence_range(
+    container: &'static str,
+    first_seq: u64,
+    len: usize,
+) -> Result<(), Invalid> {
+    if first_seq == 0 {
+        return Err(Invalid::new(
+            container,
+            "first_seq",
+            "sequence numbers start at 1",
+        ));
+    }
+    check::count(container, "records", len, MAX_RECORDS_PER_BATCH)?;
+    if first_seq.checked_add(len as u64).is_none() {
+        return Err(Invalid::new(
+            container,
+            "first_seq",
+            format!("{first_seq} plus the record count overflows u64"),
+        ));
+    }
+    Ok(())
+}
+
+/// Writes a batch's record list: a plain array at key 2, or a zstd-compressed
+/// array at key 3 with its count at key 4.
+pub(crate) fn write_record_list<M: Message>(
+    map: &mut MapWriter,
+    records: &[M],
+    compression: Compression,
+) {
+    match compression {
+        Compression::None => map.messages(2, records),
+        Compression::Zstd => {
+            map.raw_bytes(3, &compress_messages(records));
+            map.field(4, &(records.len() as u64));
+        }
+    }
+}
+
+/// Reads a batch's record list from key 2, or from keys 3 and 4 when it is
+/// compressed, and returns the form it found.
+pub(crate) fn read_record_list<M: Message>(
+    map: &MapReader<'_>,
+    container: &'static str,
+) -> Result<(Vec<M>, Compression), DecodeError> {
+    let compressed: Option<Vec<u8>> = map.optional(3, "records_zstd")?;
+    let Some(compressed) = compressed else {
+        let records = map.messages(2, "records", MAX_RECORDS_PER_BATCH)?;
+        return Ok((records, Compression::None));
+    };
+
+    let count: u64 = map.required(4, "record_count")?;
+    let records: Vec<M> = decompress_messages(
+        container,
+        "records_zstd",
+        &compressed,
+        MAX_RECORDS_PER_BATCH,
+    )?;
+    if records.len() as u64 != count {
+        return Err(DecodeError::Invalid(Invalid::new(
+            container,
+            "record_count",
+            format!(
+                "is {count} but the compressed list contains {} records",
+                records.len()
+            ),
+        )));
+    }
+    Ok((records, Compression::Zstd))
+}
+
 /// Encodes messages as one CBOR array and compresses it with zstd.
-pub(crate) fn compress_messages<M: Message>(messages: &[M]) -> Vec<u8> {
+fn compress_messages<M: Message>(messages: &[M]) -> Vec<u8> {
     let mut plain = Vec::new();
     Encoder::new(&mut plain)
         .array(messages.len() as u64)
@@ -158,7 +180,7 @@ pub(crate) fn compress_messages<M: Message>(messages: &[M]) -> Vec<u8> {
 /// Decompresses and decodes an array of `M` carried in field `field` of
 /// `container`, never expanding it beyond [`MAX_DECOMPRESSED_BYTES`] and
 /// rejecting more than `max` entries before decoding any.
-pub(crate) fn decompress_messages<M: Message>(
+fn decompress_messages<M: Message>(
     container: &'static str,
     field: &'static str,
     compressed: &[u8],

@@ -8,8 +8,10 @@
 //! [`RecordAck`](crate::RecordAck) over the province's sequence numbers.
 
 use crate::ids::{NodeId, Province};
-use crate::limits::{MAX_BATCH_BYTES, MAX_RECORDS_PER_BATCH, MAX_SHORT_TEXT_LEN, MAX_TEXT_LEN};
-use crate::messages::batch::{compress_messages, decompress_messages};
+use crate::limits::{MAX_BATCH_BYTES, MAX_SHORT_TEXT_LEN, MAX_TEXT_LEN};
+use crate::messages::batch::{
+    last_seq_of, read_record_list, validate_sequence_range, write_record_list,
+};
 use crate::messages::{Compression, TollRecord};
 use crate::wire::{DecodeError, Invalid, MapReader, MapWriter, Message, check};
 
@@ -29,8 +31,7 @@ pub struct ForwardBatch {
 
 impl ForwardBatch {
     pub fn last_seq(&self) -> Option<u64> {
-        let len = self.records.len() as u64;
-        (len > 0).then(|| self.first_seq + len - 1)
+        last_seq_of(self.first_seq, self.records.len())
     }
 }
 
@@ -41,13 +42,7 @@ impl Message for ForwardBatch {
     fn write_fields(&self, map: &mut MapWriter) {
         map.field(0, &self.province.code());
         map.field(1, &self.first_seq);
-        match self.compression {
-            Compression::None => map.messages(2, &self.records),
-            Compression::Zstd => {
-                map.raw_bytes(3, &compress_messages(&self.records));
-                map.field(4, &(self.records.len() as u64));
-            }
-        }
+        write_record_list(map, &self.records, self.compression);
     }
 
     fn read_fields(map: &MapReader<'_>) -> Result<Self, DecodeError> {
@@ -57,33 +52,7 @@ impl Message for ForwardBatch {
         })?;
         let first_seq = map.required(1, "first_seq")?;
 
-        let compressed: Option<Vec<u8>> = map.optional(3, "records_zstd")?;
-        let (records, compression) = match compressed {
-            None => (
-                map.messages(2, "records", MAX_RECORDS_PER_BATCH)?,
-                Compression::None,
-            ),
-            Some(compressed) => {
-                let count: u64 = map.required(4, "record_count")?;
-                let records: Vec<ForwardedRecord> = decompress_messages(
-                    Self::NAME,
-                    "records_zstd",
-                    &compressed,
-                    MAX_RECORDS_PER_BATCH,
-                )?;
-                if records.len() as u64 != count {
-                    return Err(DecodeError::Invalid(Invalid::new(
-                        Self::NAME,
-                        "record_count",
-                        format!(
-                            "says {count} records but the compressed list holds {}",
-                            records.len()
-                        ),
-                    )));
-                }
-                (records, Compression::Zstd)
-            }
-        };
+        let (records, compression) = read_record_list(map, Self::NAME)?;
 
         Ok(ForwardBatch {
             province,
@@ -94,30 +63,7 @@ impl Message for ForwardBatch {
     }
 
     fn validate(&self) -> Result<(), Invalid> {
-        if self.first_seq == 0 {
-            return Err(Invalid::new(
-                Self::NAME,
-                "first_seq",
-                "sequence numbers start at 1",
-            ));
-        }
-        check::count(
-            Self::NAME,
-            "records",
-            self.records.len(),
-            MAX_RECORDS_PER_BATCH,
-        )?;
-        if self
-            .first_seq
-            .checked_add(self.records.len() as u64)
-            .is_none()
-        {
-            return Err(Invalid::new(
-                Self::NAME,
-                "first_seq",
-                format!("{} plus the record count overflows u64", self.first_seq),
-            ));
-        }
+        validate_sequence_range(Self::NAME, self.first_seq, self.records.len())?;
         self.records.iter().try_for_each(ForwardedRecord::validate)
     }
 }
