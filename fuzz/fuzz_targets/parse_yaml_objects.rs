@@ -1,5 +1,6 @@
 //! Fuzzes the YAML forms of deployments and rollouts and the selector
-//! parser: any text must parse or fail with an error, never panic.
+//! parser. libFuzzer reports any panic, so every input must parse or fail
+//! with an error.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

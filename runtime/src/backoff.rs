@@ -56,7 +56,7 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// Creates a back-off; a zero base is raised to 1 ms and a cap below the
+    /// Creates a back-off. A zero base is raised to 1 ms and a cap below the
     /// base is raised to the base, so the sequence is always well defined.
     pub fn new(config: BackoffConfig) -> Self {
         let base = Duration::from_millis(config.base_ms.max(1));
@@ -69,12 +69,12 @@ impl Backoff {
         }
     }
 
-    /// The next delay, in `[base, cap]`.
+    /// Returns the next delay, in `[base, cap]`.
     pub fn next_delay(&mut self) -> Duration {
         self.next_delay_with(&mut rand::rng())
     }
 
-    /// The next delay, drawing from `rng` (tests pass a seeded one).
+    /// Returns the next delay, drawn from `rng` (tests pass a seeded one).
     pub fn next_delay_with<R: Rng + ?Sized>(&mut self, rng: &mut R) -> Duration {
         let upper = self.previous.saturating_mul(3).min(self.cap).max(self.base);
         let base_ms = self.base.as_millis() as u64;

@@ -3,7 +3,7 @@
 //!
 //! Config types use `#[serde(deny_unknown_fields)]` and defaults from
 //! functions, so a misspelt key is an error rather than silently ignored.
-//! Errors name the file, the key path and what was expected; checks that
+//! Errors name the file, the key path and what was expected. Checks that
 //! span several keys go through [`Problems`], so one run reports every bad
 //! key at once.
 
@@ -22,8 +22,8 @@ pub enum ConfigError {
         source: std::io::Error,
     },
 
-    /// TOML syntax or a key of the wrong type, an unknown key or a bad value;
-    /// the message from `toml` names the key, the line and what was expected.
+    /// A TOML syntax error, an unknown key, or a key with a value of the wrong
+    /// type. The message from `toml` names the key, the line and what was expected.
     #[error(
         "invalid config file {path}: {message}\nfix or remove the key named above; the program's --help lists the options"
     )]

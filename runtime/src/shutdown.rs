@@ -31,7 +31,7 @@ impl Shutdown {
         }
     }
 
-    /// A token that tasks poll or await to learn that shutdown began.
+    /// Returns a token that tasks poll or await to learn that shutdown began.
     pub fn token(&self) -> CancellationToken {
         self.token.clone()
     }

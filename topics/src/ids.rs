@@ -1,7 +1,7 @@
 //! Validated identifiers: node ids, province codes and object names.
 //!
-//! A value of these types has passed validation, so code that holds one never
-//! checks it again. Parsing rejects anything else with an [`IdError`] that
+//! A value of these types has passed validation, so code that receives one
+//! never checks it again. Parsing rejects anything else with an [`IdError`] that
 //! names the value and the rule it broke.
 
 use std::fmt;
@@ -127,7 +127,7 @@ impl Province {
         self.0
     }
 
-    /// The English name of the province, for logs and reports.
+    /// Returns the English name of the province, for logs and reports.
     pub fn name(self) -> &'static str {
         PROVINCE_CODES
             .iter()
@@ -136,7 +136,7 @@ impl Province {
             .unwrap_or("unknown")
     }
 
-    /// All valid provinces, in code order.
+    /// Returns all valid provinces, in code order.
     pub fn all() -> impl Iterator<Item = Province> {
         PROVINCE_CODES.iter().map(|(code, _)| Province(*code))
     }

@@ -25,8 +25,8 @@ pub const MAX_SHORT_TEXT_LEN: usize = 128;
 /// Maximum length of a free-text field (error reasons, command output), in bytes.
 pub const MAX_TEXT_LEN: usize = 4096;
 
-/// Maximum length of a plate number, in bytes of UTF-8. The longest real
-/// plates (new-energy plates with a separator dot) are under 16 bytes.
+/// Maximum length of a plate number, in bytes of UTF-8. A new-energy plate
+/// with its separator dot, such as 粤B·D12345, takes 12 bytes.
 pub const MAX_PLATE_LEN: usize = 32;
 
 /// Maximum number of apps in one node's desired state.

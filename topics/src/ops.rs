@@ -136,7 +136,7 @@ pub enum SpreadBy {
 }
 
 impl SpreadBy {
-    /// The node label that names the domain, or `None` for the node itself.
+    /// Returns the node label that names the domain, or `None` for the node itself.
     pub fn label(self) -> Option<&'static str> {
         match self {
             SpreadBy::Node => None,

@@ -20,7 +20,7 @@ pub fn node() -> NodeId {
     NodeId::new("G0015-4401-0017").expect("valid node id")
 }
 
-/// A typical gantry transaction.
+/// Returns a typical gantry transaction.
 pub fn toll_record() -> TollRecord {
     TollRecord {
         transaction_id: "G0015440010002010102026120412351200".to_string(),
@@ -43,7 +43,8 @@ pub fn toll_record() -> TollRecord {
     }
 }
 
-/// A truck with a new-energy plate, paying by CPC card, with two intervals.
+/// Returns a truck transaction with a new-energy plate, paid by CPC card,
+/// over two toll intervals.
 pub fn truck_record() -> TollRecord {
     TollRecord {
         transaction_id: "G0015440010002010102026120412351201".to_string(),
@@ -84,7 +85,7 @@ pub fn record_ack() -> RecordAck {
     }
 }
 
-/// The toll app with everything an app spec can carry.
+/// Returns the toll app with every field an app spec can carry.
 pub fn app_spec() -> AppSpec {
     AppSpec {
         name: ObjectName::new("toll-app").expect("valid name"),
@@ -132,7 +133,7 @@ pub fn desired_state() -> DesiredState {
     }
 }
 
-/// The heartbeat of a healthy node running five apps.
+/// Returns the heartbeat of a healthy node running five apps.
 pub fn heartbeat_status() -> NodeStatus {
     let app = |name: &str| AppStatus {
         name: name.to_string(),
@@ -156,7 +157,8 @@ pub fn heartbeat_status() -> NodeStatus {
     }
 }
 
-/// A node in trouble: a failed app, a backlog and a rejected document.
+/// Returns the status of a node in trouble: a failed app, a backlog and a
+/// rejected document.
 pub fn troubled_status() -> NodeStatus {
     let mut status = heartbeat_status();
     status.apps[1].state = AppState::Failed;

@@ -90,7 +90,7 @@ impl Selector {
         Ok(Selector { requirements })
     }
 
-    /// The requirements in their text form.
+    /// Returns the requirements in their text form.
     pub fn to_strings(&self) -> Vec<String> {
         self.requirements.iter().map(ToString::to_string).collect()
     }

@@ -234,7 +234,7 @@ fn invalid_node_id_in_batch_is_rejected() {
 }
 
 #[test]
-fn too_many_records_are_rejected_on_encode_and_decode() {
+fn too_many_records_rejected_both_ways() {
     let mut batch = samples::record_batch(Compression::None);
     batch.records = vec![samples::toll_record(); MAX_RECORDS_PER_BATCH + 1];
     let err = batch.to_cbor().unwrap_err();

@@ -1,9 +1,9 @@
 //! Commands that are not state, on a node's `cmd` topic, and their results
 //! on `cmd/result`.
 //!
-//! Commands are not retained: a node that is offline when one is sent misses
-//! it, and the centre sends it again if the reason still holds (a replay is
-//! requested again by the next reconciliation).
+//! Commands are not retained. A node that is offline when one is sent misses
+//! it, and the centre sends it again while the cause remains (the next
+//! reconciliation requests a missing range again).
 
 use crate::limits::{MAX_COMMAND_OUTPUT, MAX_NAME_LEN, MAX_TEXT_LEN};
 use crate::messages::record::is_hour_batch;
@@ -119,7 +119,7 @@ impl Message for Command {
 pub struct CommandResult {
     pub id: u64,
     pub ok: bool,
-    /// What happened, for operators, e.g. why a replay range is gone.
+    /// The outcome in words, for operators, e.g. the reason a replay range is gone.
     pub message: Option<String>,
     /// Command output such as collected log lines.
     pub output: Option<String>,
