@@ -3,6 +3,7 @@
 //! of delivered records. `main.rs` only wires these parts to configuration
 //! and signals.
 
+pub mod apps;
 pub mod intake;
 pub mod outbox;
 pub mod retention;
