@@ -2,13 +2,11 @@
 //! confinement by certificate CN, certificate checks, service passwords,
 //! retained messages across a restart and immediate rebinding.
 
-mod support;
-
 use std::time::Duration;
 
 use rumqttc::{ConnectReturnCode, Packet, QoS, SubscribeReasonCode};
-use support::*;
 use time::OffsetDateTime;
+use tollway_testkit::*;
 
 const SHORT: Duration = Duration::from_secs(2);
 

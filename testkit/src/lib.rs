@@ -1,7 +1,10 @@
-//! Test support: a throw-away PKI made with rcgen, a real `tollway-broker`
-//! process on loopback ports chosen at run time, and rumqttc clients.
-
-#![allow(dead_code)]
+//! Test support shared by every crate's integration tests: a throw-away PKI
+//! made with rcgen, a real `tollway-broker` process on loopback ports chosen
+//! at run time, and rumqttc clients.
+//!
+//! Programs are found next to the test executable (`target/<profile>/`), so
+//! a test that starts `tollway-broker` needs it built first; `cargo test
+//! --workspace` builds every program of the workspace before running tests.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -186,7 +189,7 @@ fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
 /// Hashes a password with the broker's own `--hash-password`.
 pub fn hash_password(password: &str) -> String {
     use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tollway-broker"))
+    let mut child = Command::new(bin_path("tollway-broker"))
         .arg("--hash-password")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -206,7 +209,7 @@ pub struct Broker {
 impl Broker {
     /// Starts the broker and waits until all its ports accept connections.
     pub fn start(config: &Path, ports: Ports) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_tollway-broker"))
+        let child = Command::new(bin_path("tollway-broker"))
             .arg("--config")
             .arg(config)
             .arg("--log")
@@ -355,4 +358,23 @@ pub fn scrape_metrics(port: u16) -> String {
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     response
+}
+
+/// Path of a workspace program built beside the running test executable.
+///
+/// Panics with the command to run when the program is not built.
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/<name>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run `cargo build --release --workspace` first",
+        path.display()
+    );
+    path
 }
