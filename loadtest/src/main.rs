@@ -1,42 +1,105 @@
-//! `tollway-loadtest`: Load tests: simulated fleets, reconnect storms, outages and benchmarks on loopback.
+//! `tollway-loadtest`: simulated edge-node fleets against brokers it starts
+//! on loopback, with a JSON report and a summary table.
 //!
-//! NOTE: this program parses its command line and configuration and then
-//! exits; its service is not built yet.
+//! `tollway-loadtest SCENARIO [options] --report FILE.json`. The exit code
+//! is 0 when the scenario's correctness invariants held (every node back in
+//! every round, or connected throughout), 1 when they did not, and 2 for
+//! invalid options or a failure to run at all.
 
-use clap::Parser;
-use serde::Deserialize;
-use tollway_runtime::{CommonArgs, init_logging, load_config};
+use std::process::ExitCode;
 
-/// Load tests: simulated fleets, reconnect storms, outages and benchmarks on loopback.
+use clap::{Parser, Subcommand};
+use tollway_loadtest::idle::{self, IdleOptions};
+use tollway_loadtest::process::raise_open_file_limit;
+use tollway_loadtest::storm::{self, StormOptions};
+use tollway_runtime::{LogFormat, init_logging};
+
+/// Load tests on loopback: reconnect storms and idle traffic of simulated
+/// edge-node fleets against Tollway's broker and Mosquitto.
 #[derive(Debug, Parser)]
 #[command(name = "tollway-loadtest", version)]
 struct Cli {
-    #[command(flatten)]
-    common: CommonArgs,
+    /// Log output format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "TOLLWAY_LOG_FORMAT", global = true)]
+    log_format: LogFormat,
+
+    /// Log filter in `tracing` env-filter syntax, e.g. `info`. `RUST_LOG`
+    /// is used when this is not set.
+    #[arg(long, value_name = "FILTER", global = true)]
+    log: Option<String>,
+
+    #[command(subcommand)]
+    scenario: Scenario,
 }
 
-/// Configuration file (TOML). No keys yet; an unknown key is an error.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Config {}
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// N nodes connect, drop and reconnect in rounds, then the broker
+    /// restarts under them (back-off and naive clients).
+    Storm(StormOptions),
+    /// Bytes per node per day of an idle, connected fleet.
+    Idle(IdleOptions),
+}
 
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(err) = init_logging(cli.common.log_format, cli.common.log.as_deref()) {
+    if let Err(err) = init_logging(cli.log_format, cli.log.as_deref()) {
         eprintln!("tollway-loadtest: {err}");
-        return std::process::ExitCode::from(2);
+        return ExitCode::from(2);
     }
 
-    let config: Config = match load_config(cli.common.config.as_deref()) {
-        Ok(config) => config,
+    // Brokers started below inherit the raised limit.
+    let open_file_limit = match raise_open_file_limit() {
+        Ok(limit) => limit,
         Err(err) => {
-            eprintln!("tollway-loadtest: {err}");
-            return std::process::ExitCode::from(2);
+            eprintln!("tollway-loadtest: cannot read or raise the open-file limit: {err}");
+            return ExitCode::from(2);
         }
     };
-    tracing::info!(
-        ?config,
-        "configuration is valid; this program has no service yet"
-    );
-    std::process::ExitCode::SUCCESS
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("tollway-loadtest: cannot start the async runtime: {err}");
+            return ExitCode::from(2);
+        }
+    };
+
+    runtime.block_on(async {
+        match cli.scenario {
+            Scenario::Storm(options) => match storm::run(&options, open_file_limit).await {
+                Ok(report) => {
+                    storm::print_summary(&report);
+                    tracing::info!(report = %options.common.report.display(), "storm report written");
+                    exit_code(report.all_back)
+                }
+                Err(err) => {
+                    eprintln!("tollway-loadtest storm: {err}");
+                    ExitCode::from(2)
+                }
+            },
+            Scenario::Idle(options) => match idle::run(&options, open_file_limit).await {
+                Ok(report) => {
+                    idle::print_summary(&report);
+                    tracing::info!(report = %options.common.report.display(), "idle report written");
+                    exit_code(report.all_stayed_connected)
+                }
+                Err(err) => {
+                    eprintln!("tollway-loadtest idle: {err}");
+                    ExitCode::from(2)
+                }
+            },
+        }
+    })
+}
+
+fn exit_code(invariants_held: bool) -> ExitCode {
+    if invariants_held {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

@@ -1,0 +1,607 @@
+//! A simulated fleet of edge nodes: thousands of MQTT sessions in one
+//! process, spread over a few tokio tasks, each speaking the edge daemon's
+//! protocol toward one broker.
+//!
+//! A simulated node connects with client id = node id (the CN of its
+//! certificate on TLS runs), a clean session, and its retained `offline`
+//! presence as the will message. Once connected it publishes its retained
+//! `online` presence, subscribes to its `desired`, `cmd` and `records/ack`
+//! topics, and is counted as up when the SUBACK grants all three. It then
+//! sends keep-alives and, if configured, a status heartbeat. When the
+//! session ends, it waits for its retry policy's delay and connects again.
+//!
+//! The scenario drives the fleet through [`Fleet`]: drop every session at
+//! once (as a network cut would), switch the retry policy, or stop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, LastWill, MqttOptions, NetworkOptions, Packet, QoS,
+    SubscribeFilter, SubscribeReasonCode, TlsConfiguration,
+};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tollway_runtime::{Backoff, BackoffConfig};
+use tollway_topics::limits::MAX_PACKET_BYTES;
+use tollway_topics::{Message, NodeId, NodeKind, Presence, Province, Topic};
+
+/// Seconds of connection attempts kept per second; later attempts are
+/// added to the last second, so a peak after this time reads too high.
+const TRACKED_SECONDS: usize = 4 * 3600;
+
+/// Capacity of each simulated node's rumqttc request channel. A node sends
+/// at most a presence, a subscribe and one heartbeat at a time; a heartbeat
+/// that does not fit is skipped and counted.
+const REQUEST_CHANNEL_CAPACITY: usize = 8;
+
+/// How a node waits between connection attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryPolicy {
+    /// The edge daemon's decorrelated-jitter back-off.
+    Jittered(BackoffConfig),
+    /// A naive client: the same fixed delay every time, no jitter.
+    Fixed(Duration),
+}
+
+impl RetryPolicy {
+    /// Short name for reports: `backoff` or `fixed`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RetryPolicy::Jittered(_) => "backoff",
+            RetryPolicy::Fixed(_) => "fixed",
+        }
+    }
+}
+
+/// How nodes authenticate.
+#[derive(Clone)]
+pub enum Access {
+    /// Mutual TLS; one client configuration per node, in node order.
+    Tls(Vec<Arc<rustls::ClientConfig>>),
+    /// Plain TCP with one username and password for every node.
+    Password { username: String, password: String },
+}
+
+/// Everything a fleet needs to run.
+#[derive(Clone)]
+pub struct FleetSpec {
+    pub province: Province,
+    pub nodes: Vec<NodeId>,
+    pub broker: SocketAddr,
+    pub access: Access,
+    /// MQTT keep-alive; at least 1 s (rumqttc rejects shorter ones).
+    pub keep_alive: Duration,
+    /// Time allowed for TCP, TLS and CONNACK together (rumqttc's
+    /// connection timeout), in whole seconds.
+    pub connect_timeout: Duration,
+    /// Interval of the status heartbeat; `None` sends none.
+    pub heartbeat: Option<Duration>,
+    pub retry: RetryPolicy,
+    /// Number of tokio tasks the nodes are spread over.
+    pub tasks: usize,
+}
+
+/// Counters shared by every node of a fleet.
+pub struct FleetStats {
+    started: Instant,
+    /// Nodes whose session is up now.
+    up: AtomicUsize,
+    /// Sessions that came up since the fleet started.
+    ups: AtomicU64,
+    /// Connection attempts since the fleet started.
+    attempts: AtomicU64,
+    /// Attempts that ended before the session was up.
+    failures: AtomicU64,
+    /// Sessions that were up and ended by an error (not by [`Fleet::drop_all`]).
+    lost: AtomicU64,
+    /// Heartbeats skipped because the node's request channel was full.
+    skipped_heartbeats: AtomicU64,
+    /// Connection attempts per second since `started`.
+    attempts_per_second: Vec<AtomicU32>,
+}
+
+/// A snapshot of [`FleetStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FleetCounters {
+    pub up: usize,
+    pub ups: u64,
+    pub attempts: u64,
+    pub failures: u64,
+    pub lost: u64,
+    pub skipped_heartbeats: u64,
+}
+
+impl FleetStats {
+    fn new() -> Self {
+        FleetStats {
+            started: Instant::now(),
+            up: AtomicUsize::new(0),
+            ups: AtomicU64::new(0),
+            attempts: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            skipped_heartbeats: AtomicU64::new(0),
+            attempts_per_second: (0..TRACKED_SECONDS).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
+
+    pub fn counters(&self) -> FleetCounters {
+        FleetCounters {
+            up: self.up.load(Ordering::Relaxed),
+            ups: self.ups.load(Ordering::Relaxed),
+            attempts: self.attempts.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            lost: self.lost.load(Ordering::Relaxed),
+            skipped_heartbeats: self.skipped_heartbeats.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Returns the most connection attempts seen in one whole second
+    /// between `from` and `to`.
+    pub fn peak_attempts_per_second(&self, from: Instant, to: Instant) -> u32 {
+        let first = self.second_index(from);
+        let last = self.second_index(to);
+        self.attempts_per_second[first..=last]
+            .iter()
+            .map(|count| count.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn second_index(&self, at: Instant) -> usize {
+        let second = at.saturating_duration_since(self.started).as_secs() as usize;
+        second.min(TRACKED_SECONDS - 1)
+    }
+
+    fn record_attempt(&self) {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        let index = self.second_index(Instant::now());
+        self.attempts_per_second[index].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What the scenario asks of every node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    /// Stay connected; reconnect after failures.
+    Run,
+    /// Close the current session now, then reconnect after a retry delay.
+    DropAll,
+    /// Close the session and end the node's task.
+    Stop,
+}
+
+/// The command on the control channel. `epoch` grows with every command, so
+/// a node acts on each `DropAll` once.
+#[derive(Debug, Clone, Copy)]
+struct Control {
+    epoch: u64,
+    action: Action,
+    retry: RetryPolicy,
+}
+
+/// A fleet that could not stop in time.
+#[derive(Debug, thiserror::Error)]
+#[error("{running} of {tasks} fleet tasks still running {deadline:?} after stop")]
+pub struct StopTimedOut {
+    pub running: usize,
+    pub tasks: usize,
+    pub deadline: Duration,
+}
+
+/// A running fleet.
+pub struct Fleet {
+    /// Commands to every node. Nodes hold receivers; the fleet sends.
+    control_tx: watch::Sender<Control>,
+    stats: Arc<FleetStats>,
+    size: usize,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Fleet {
+    /// Starts every node at once: the first connection is itself a storm.
+    pub fn start(spec: FleetSpec) -> Fleet {
+        let size = spec.nodes.len();
+        let stats = Arc::new(FleetStats::new());
+        let (control_tx, control_rx) = watch::channel(Control {
+            epoch: 0,
+            action: Action::Run,
+            retry: spec.retry,
+        });
+        let shared = Arc::new(Shared::new(spec, stats.clone()));
+
+        let task_count = shared.spec.tasks.clamp(1, size.max(1));
+        let tasks = (0..task_count)
+            .map(|task| {
+                let shared = shared.clone();
+                let control_rx = control_rx.clone();
+                tokio::spawn(async move {
+                    let mut nodes: FuturesUnordered<_> = (task..size)
+                        .step_by(task_count)
+                        .map(|index| run_node(shared.clone(), index, control_rx.clone()))
+                        .collect();
+                    while nodes.next().await.is_some() {}
+                })
+            })
+            .collect();
+        tracing::info!(nodes = size, tasks = task_count, "fleet started");
+        Fleet {
+            control_tx,
+            stats,
+            size,
+            tasks,
+        }
+    }
+
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    pub fn stats(&self) -> &FleetStats {
+        &self.stats
+    }
+
+    /// Closes every node's session at once, as a network cut would; each
+    /// node reconnects after its retry delay.
+    pub fn drop_all(&self) {
+        self.send(Action::DropAll, None);
+    }
+
+    /// Switches every node to `retry` without touching its session.
+    pub fn set_retry(&self, retry: RetryPolicy) {
+        self.send(Action::Run, Some(retry));
+    }
+
+    /// Waits until every node is up with a session that came up after the
+    /// `ups_before` snapshot, or until `timeout`. Returns the time waited
+    /// when all are back.
+    pub async fn wait_all_back(&self, ups_before: u64, timeout: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        loop {
+            let counters = self.stats.counters();
+            if counters.up == self.size && counters.ups - ups_before >= self.size as u64 {
+                return Some(start.elapsed());
+            }
+            if start.elapsed() >= timeout {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Closes every session and waits up to `deadline` for every task.
+    pub async fn stop(self, deadline: Duration) -> Result<(), StopTimedOut> {
+        self.send(Action::Stop, None);
+        let tasks = self.tasks.len();
+        let mut running = tasks;
+        let wait_all = async {
+            for task in self.tasks {
+                let _ = task.await;
+                running -= 1;
+            }
+        };
+        match tokio::time::timeout(deadline, wait_all).await {
+            Ok(()) => {
+                tracing::info!(nodes = self.size, "fleet stopped");
+                Ok(())
+            }
+            Err(_) => Err(StopTimedOut {
+                running,
+                tasks,
+                deadline,
+            }),
+        }
+    }
+
+    fn send(&self, action: Action, retry: Option<RetryPolicy>) {
+        self.control_tx.send_modify(|control| {
+            control.epoch += 1;
+            control.action = action;
+            if let Some(retry) = retry {
+                control.retry = retry;
+            }
+        });
+    }
+}
+
+/// Read-only state shared by every node of a fleet.
+struct Shared {
+    spec: FleetSpec,
+    stats: Arc<FleetStats>,
+    /// The encoded will message (`offline` presence), the same for all.
+    will: Vec<u8>,
+    /// The encoded heartbeat status, the same for all.
+    heartbeat: Vec<u8>,
+}
+
+impl Shared {
+    fn new(spec: FleetSpec, stats: Arc<FleetStats>) -> Self {
+        // Encoding fixed, valid sample messages cannot fail.
+        let will = Presence::offline().to_cbor().unwrap_or_default();
+        let heartbeat = tollway_topics::samples::heartbeat_status()
+            .to_cbor()
+            .unwrap_or_default();
+        Shared {
+            spec,
+            stats,
+            will,
+            heartbeat,
+        }
+    }
+
+    fn topic(&self, index: usize, kind: NodeKind) -> String {
+        Topic::node(self.spec.province, self.spec.nodes[index].clone(), kind).to_string()
+    }
+
+    fn options(&self, index: usize) -> MqttOptions {
+        let node = &self.spec.nodes[index];
+        let addr = self.spec.broker;
+        let mut options = MqttOptions::new(node.as_str(), addr.ip().to_string(), addr.port());
+        options.set_keep_alive(self.spec.keep_alive);
+        options.set_clean_session(true);
+        options.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+        options.set_last_will(LastWill::new(
+            self.topic(index, NodeKind::Presence),
+            self.will.clone(),
+            QoS::AtLeastOnce,
+            true,
+        ));
+        match &self.spec.access {
+            Access::Tls(configs) => {
+                options.set_transport(rumqttc::Transport::tls_with_config(
+                    TlsConfiguration::Rustls(configs[index].clone()),
+                ));
+            }
+            Access::Password { username, password } => {
+                options.set_credentials(username.clone(), password.clone());
+            }
+        }
+        options
+    }
+}
+
+/// The retry delays of one node.
+enum Retry {
+    Jittered(Backoff),
+    Fixed(Duration),
+}
+
+impl Retry {
+    fn new(policy: RetryPolicy) -> Self {
+        match policy {
+            RetryPolicy::Jittered(config) => Retry::Jittered(Backoff::new(config)),
+            RetryPolicy::Fixed(delay) => Retry::Fixed(delay),
+        }
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        match self {
+            Retry::Jittered(backoff) => backoff.next_delay(),
+            Retry::Fixed(delay) => *delay,
+        }
+    }
+
+    fn reset(&mut self) {
+        if let Retry::Jittered(backoff) = self {
+            backoff.reset();
+        }
+    }
+}
+
+/// Runs one node until the fleet stops.
+async fn run_node(shared: Arc<Shared>, index: usize, mut control_rx: watch::Receiver<Control>) {
+    let mut control = *control_rx.borrow_and_update();
+    let mut retry = Retry::new(control.retry);
+    let mut delay: Option<Duration> = None;
+
+    loop {
+        // Paragraph 1: wait out the retry delay, still obeying commands.
+        if let Some(wait) = delay.take() {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                changed = control_rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let next = *control_rx.borrow_and_update();
+                    if next.action == Action::Stop {
+                        return;
+                    }
+                    if next.retry != control.retry {
+                        retry = Retry::new(next.retry);
+                    }
+                    control = next;
+                    delay = Some(retry.next_delay());
+                    continue;
+                }
+            }
+        }
+
+        // Paragraph 2: run one session until it ends or a command ends it.
+        let reached_up = AtomicBool::new(false);
+        let ended_by_command = {
+            let session = session(&shared, index, &reached_up);
+            tokio::pin!(session);
+            loop {
+                tokio::select! {
+                    end = &mut session => {
+                        end.record(&shared, index, reached_up.load(Ordering::Relaxed));
+                        break false;
+                    }
+                    changed = control_rx.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        let next = *control_rx.borrow_and_update();
+                        if next.retry != control.retry {
+                            retry = Retry::new(next.retry);
+                        }
+                        control = next;
+                        match next.action {
+                            Action::Stop => return,
+                            Action::DropAll => break true,
+                            Action::Run => continue,
+                        }
+                    }
+                }
+            }
+        };
+
+        // Paragraph 3: a session that was up starts the back-off over.
+        if reached_up.load(Ordering::Relaxed) {
+            retry.reset();
+        }
+        if ended_by_command {
+            tracing::trace!(node = %shared.spec.nodes[index], "session dropped on command");
+        }
+        delay = Some(retry.next_delay());
+    }
+}
+
+/// How a session ended by itself.
+enum SessionEnd {
+    /// TCP, TLS or CONNECT failed, or CONNACK refused the node.
+    ConnectFailed(ConnectionError),
+    /// The broker refused one of the node's own subscriptions.
+    SubscribeRejected,
+    /// The session was up and then failed.
+    Lost(ConnectionError),
+}
+
+impl SessionEnd {
+    fn record(&self, shared: &Shared, index: usize, was_up: bool) {
+        let node = &shared.spec.nodes[index];
+        let stats = &shared.stats;
+        match self {
+            SessionEnd::ConnectFailed(err) => {
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%node, error = %err, "connection attempt failed");
+            }
+            SessionEnd::SubscribeRejected => {
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%node, "broker rejected the node's own subscriptions");
+            }
+            SessionEnd::Lost(err) if was_up => {
+                stats.lost.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%node, error = %err, "session lost");
+            }
+            SessionEnd::Lost(err) => {
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%node, error = %err, "session failed before its SUBACK");
+            }
+        }
+    }
+}
+
+/// Counts a node as up for as long as it lives.
+struct UpGuard<'a>(&'a FleetStats);
+
+impl<'a> UpGuard<'a> {
+    fn new(stats: &'a FleetStats) -> Self {
+        stats.up.fetch_add(1, Ordering::Relaxed);
+        stats.ups.fetch_add(1, Ordering::Relaxed);
+        UpGuard(stats)
+    }
+}
+
+impl Drop for UpGuard<'_> {
+    fn drop(&mut self) {
+        self.0.up.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Connects one node and keeps its session until it fails. Dropping the
+/// future closes the socket without a DISCONNECT, so the broker publishes
+/// the node's will.
+async fn session(shared: &Shared, index: usize, reached_up: &AtomicBool) -> SessionEnd {
+    let (client, mut eventloop) = AsyncClient::new(shared.options(index), REQUEST_CHANNEL_CAPACITY);
+    let mut network = NetworkOptions::new();
+    network.set_connection_timeout(shared.spec.connect_timeout.as_secs().max(1));
+    eventloop.set_network_options(network);
+
+    // The first poll connects and returns the CONNACK or the error.
+    shared.stats.record_attempt();
+    // A refused CONNACK comes back as an error too.
+    if let Err(err) = eventloop.poll().await {
+        return SessionEnd::ConnectFailed(err);
+    }
+
+    // Requests go through the client's channel and are sent by the polls
+    // below; nothing here awaits the event loop.
+    let since_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let online = Presence {
+        online: true,
+        since_ms: Some(since_ms),
+        version: Some(env!("CARGO_PKG_VERSION").to_string()),
+    }
+    .to_cbor()
+    .unwrap_or_default();
+    let presence = shared.topic(index, NodeKind::Presence);
+    let _ = client.try_publish(presence, QoS::AtLeastOnce, true, online);
+    let filters = [NodeKind::Desired, NodeKind::Command, NodeKind::RecordsAck]
+        .map(|kind| SubscribeFilter::new(shared.topic(index, kind), QoS::AtLeastOnce));
+    let _ = client.try_subscribe_many(filters);
+
+    let mut heartbeat = shared.spec.heartbeat.map(|period| {
+        // A random phase keeps a fleet's heartbeats from arriving together.
+        let phase = period.mul_f64(phase_fraction(index));
+        tokio::time::interval_at(tokio::time::Instant::now() + phase, period)
+    });
+    let status_topic = shared.topic(index, NodeKind::Status);
+    let mut _up: Option<UpGuard<'_>> = None;
+
+    loop {
+        tokio::select! {
+            event = eventloop.poll() => match event {
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    let granted = ack
+                        .return_codes
+                        .iter()
+                        .all(|code| matches!(code, SubscribeReasonCode::Success(_)));
+                    if !granted {
+                        return SessionEnd::SubscribeRejected;
+                    }
+                    _up = Some(UpGuard::new(&shared.stats));
+                    reached_up.store(true, Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                Err(err) => return SessionEnd::Lost(err),
+            },
+            _ = tick(&mut heartbeat) => {
+                let sent = client.try_publish(
+                    status_topic.as_str(),
+                    QoS::AtLeastOnce,
+                    false,
+                    shared.heartbeat.clone(),
+                );
+                if sent.is_err() {
+                    shared.stats.skipped_heartbeats.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// Waits for the next heartbeat, or forever when there is none.
+async fn tick(heartbeat: &mut Option<tokio::time::Interval>) {
+    match heartbeat {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// A fraction in [0, 1) spread evenly over the fleet by node index (the
+/// golden-ratio sequence), so phases differ without a random generator.
+fn phase_fraction(index: usize) -> f64 {
+    (index as f64 * 0.618_033_988_749_895).fract()
+}

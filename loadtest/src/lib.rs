@@ -1,0 +1,18 @@
+//! Load tests for Tollway: simulated edge-node fleets that speak the edge
+//! daemon's MQTT protocol, brokers started on loopback, a fault-injecting
+//! TCP proxy, and the scenarios built from them.
+//!
+//! Every scenario sends traffic only to loopback addresses and ends by
+//! itself within bounds set by its options. The `tollway-loadtest` program
+//! is a thin command line over [`storm`] and [`idle`]; other crates' tests
+//! can use [`proxy::FaultProxy`] on its own.
+
+pub mod fleet;
+pub mod idle;
+pub mod options;
+pub mod pki;
+pub mod process;
+pub mod proxy;
+pub mod report;
+pub mod servers;
+pub mod storm;
