@@ -97,6 +97,8 @@ pub struct FleetStats {
     attempts: AtomicU64,
     /// Attempts that ended before the session was up.
     failures: AtomicU64,
+    /// Of those, sessions whose own subscriptions the broker refused.
+    subscribe_rejections: AtomicU64,
     /// Sessions that were up and ended by an error (not by [`Fleet::drop_all`]).
     lost: AtomicU64,
     /// Heartbeats skipped because the node's request channel was full.
@@ -112,6 +114,7 @@ pub struct FleetCounters {
     pub ups: u64,
     pub attempts: u64,
     pub failures: u64,
+    pub subscribe_rejections: u64,
     pub lost: u64,
     pub skipped_heartbeats: u64,
 }
@@ -124,6 +127,7 @@ impl FleetStats {
             ups: AtomicU64::new(0),
             attempts: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            subscribe_rejections: AtomicU64::new(0),
             lost: AtomicU64::new(0),
             skipped_heartbeats: AtomicU64::new(0),
             attempts_per_second: (0..TRACKED_SECONDS).map(|_| AtomicU32::new(0)).collect(),
@@ -136,6 +140,7 @@ impl FleetStats {
             ups: self.ups.load(Ordering::Relaxed),
             attempts: self.attempts.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
+            subscribe_rejections: self.subscribe_rejections.load(Ordering::Relaxed),
             lost: self.lost.load(Ordering::Relaxed),
             skipped_heartbeats: self.skipped_heartbeats.load(Ordering::Relaxed),
         }
@@ -484,7 +489,8 @@ impl SessionEnd {
             }
             SessionEnd::SubscribeRejected => {
                 stats.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%node, "broker rejected the node's own subscriptions");
+                stats.subscribe_rejections.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%node, "broker rejected the node's own subscriptions");
             }
             SessionEnd::Lost(err) if was_up => {
                 stats.lost.fetch_add(1, Ordering::Relaxed);

@@ -52,7 +52,12 @@ pub struct IdleOptions {
     pub heartbeat_s: u64,
 
     /// Brokers to test, comma-separated.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "tollway,mosquitto")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "tollway,mosquitto"
+    )]
     pub brokers: Vec<BrokerKind>,
 
     /// Transports to test, comma-separated.
@@ -80,7 +85,9 @@ pub enum IdleError {
     #[error(transparent)]
     Report(#[from] ReportError),
 
-    #[error("--nodes {nodes} needs about {needed} open files, over the limit of {limit}; lower --nodes")]
+    #[error(
+        "--nodes {nodes} needs about {needed} open files, over the limit of {limit}; lower --nodes"
+    )]
     TooManyNodes { nodes: u64, needed: u64, limit: u64 },
 }
 
@@ -233,13 +240,14 @@ async fn run_one(
             return run;
         }
     };
-    let proxy = match FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], 0)), broker.node_addr).await {
-        Ok(proxy) => proxy,
-        Err(err) => {
-            run.error = Some(format!("cannot start the counting proxy: {err}"));
-            return run;
-        }
-    };
+    let proxy =
+        match FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], 0)), broker.node_addr).await {
+            Ok(proxy) => proxy,
+            Err(err) => {
+                run.error = Some(format!("cannot start the counting proxy: {err}"));
+                return run;
+            }
+        };
     spec.broker = proxy.local_addr();
 
     // Connect, then measure a window in which nothing should reconnect.
@@ -305,14 +313,25 @@ pub fn print_summary(report: &IdleReport) {
     );
     println!(
         "{:<10} {:<5} {:>10} {:>14} {:>14} {:>14} {:>16} {:>10}",
-        "broker", "link", "connected", "connect B", "up B/day", "down B/day", "total B/day", "IP B/day"
+        "broker",
+        "link",
+        "connected",
+        "connect B",
+        "up B/day",
+        "down B/day",
+        "total B/day",
+        "IP B/day"
     );
     for run in &report.runs {
         println!(
             "{:<10} {:<5} {:>10} {:>14} {:>14.0} {:>14.0} {:>16.0} {:>10.0}",
             run.broker.to_string(),
             run.transport.to_string(),
-            if run.all_connected && run.stayed_connected { "yes" } else { "NO" },
+            if run.all_connected && run.stayed_connected {
+                "yes"
+            } else {
+                "NO"
+            },
             cell(run.connect_bytes_per_node, 0),
             run.bytes_per_node_per_day_up,
             run.bytes_per_node_per_day_down,
@@ -320,11 +339,19 @@ pub fn print_summary(report: &IdleReport) {
             run.estimated_ip_bytes_per_node_per_day,
         );
         if let Some(error) = &run.error {
-            println!("{:<10} {:<5} error: {error}", run.broker.to_string(), run.transport.to_string());
+            println!(
+                "{:<10} {:<5} error: {error}",
+                run.broker.to_string(),
+                run.transport.to_string()
+            );
         }
     }
     println!(
         "every node connected and stayed connected: {}",
-        if report.all_stayed_connected { "yes" } else { "NO" }
+        if report.all_stayed_connected {
+            "yes"
+        } else {
+            "NO"
+        }
     );
 }

@@ -67,55 +67,62 @@ impl FleetPki {
     /// Issues a client certificate for each node and returns one rustls
     /// configuration per node, in the same order.
     pub fn client_configs(&self, nodes: &[NodeId]) -> Result<Vec<Arc<ClientConfig>>, PkiError> {
-        let roots = self.root_store()?;
-        nodes
-            .iter()
-            .map(|node| self.client_config(node, roots.clone()))
-            .collect()
+        client_configs(&self.ca, nodes)
     }
+}
 
-    fn root_store(&self) -> Result<Arc<rustls::RootCertStore>, PkiError> {
-        let pem_error = |source| PkiError::Pem {
-            node: "(CA)".to_string(),
-            source,
-        };
-        let ca = CertificateDer::from_pem_slice(self.ca.cert_pem.as_bytes()).map_err(pem_error)?;
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca).map_err(|source| PkiError::Tls {
-            node: "(CA)".to_string(),
-            source,
-        })?;
-        Ok(Arc::new(roots))
-    }
+/// Issues a client certificate from `ca` for each node and returns one
+/// rustls configuration per node, in the same order. Every configuration
+/// trusts `ca` for the server certificate.
+pub fn client_configs(ca: &TestCa, nodes: &[NodeId]) -> Result<Vec<Arc<ClientConfig>>, PkiError> {
+    let roots = root_store(ca)?;
+    nodes
+        .iter()
+        .map(|node| client_config(ca, node, roots.clone()))
+        .collect()
+}
 
-    fn client_config(
-        &self,
-        node: &NodeId,
-        roots: Arc<rustls::RootCertStore>,
-    ) -> Result<Arc<ClientConfig>, PkiError> {
-        let pem = self.ca.node_cert(node.as_str());
-        let pem_error = |source| PkiError::Pem {
-            node: node.to_string(),
-            source,
-        };
-        let tls_error = |source| PkiError::Tls {
-            node: node.to_string(),
-            source,
-        };
-        let cert = CertificateDer::from_pem_slice(pem.cert.as_bytes()).map_err(pem_error)?;
-        let key = PrivateKeyDer::from_pem_slice(pem.key.as_bytes()).map_err(pem_error)?;
+fn root_store(ca: &TestCa) -> Result<Arc<rustls::RootCertStore>, PkiError> {
+    let pem_error = |source| PkiError::Pem {
+        node: "(CA)".to_string(),
+        source,
+    };
+    let ca = CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).map_err(pem_error)?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).map_err(|source| PkiError::Tls {
+        node: "(CA)".to_string(),
+        source,
+    })?;
+    Ok(Arc::new(roots))
+}
 
-        // Both rustls crypto back-ends are linked (ring here, aws-lc-rs
-        // through rumqttc's defaults), so the provider is named explicitly.
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(tls_error)?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(vec![cert], key)
-            .map_err(tls_error)?;
-        Ok(Arc::new(config))
-    }
+fn client_config(
+    ca: &TestCa,
+    node: &NodeId,
+    roots: Arc<rustls::RootCertStore>,
+) -> Result<Arc<ClientConfig>, PkiError> {
+    let pem = ca.node_cert(node.as_str());
+    let pem_error = |source| PkiError::Pem {
+        node: node.to_string(),
+        source,
+    };
+    let tls_error = |source| PkiError::Tls {
+        node: node.to_string(),
+        source,
+    };
+    let cert = CertificateDer::from_pem_slice(pem.cert.as_bytes()).map_err(pem_error)?;
+    let key = PrivateKeyDer::from_pem_slice(pem.key.as_bytes()).map_err(pem_error)?;
+
+    // Both rustls crypto back-ends are linked (ring here, aws-lc-rs
+    // through rumqttc's defaults), so the provider is named explicitly.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(tls_error)?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![cert], key)
+        .map_err(tls_error)?;
+    Ok(Arc::new(config))
 }
 
 fn write(dir: &Path, name: &str, contents: &str) -> Result<PathBuf, PkiError> {

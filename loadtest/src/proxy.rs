@@ -310,16 +310,25 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellat
 /// Forwards one connection until either side closes or it is dropped.
 async fn forward(client: TcpStream, shared: Arc<Shared>, dropped: CancellationToken) {
     shared.wait_while_stalled().await;
-    let connect = tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(shared.upstream));
+    let connect = tokio::time::timeout(
+        UPSTREAM_CONNECT_TIMEOUT,
+        TcpStream::connect(shared.upstream),
+    );
     let upstream = match connect.await {
         Ok(Ok(upstream)) => upstream,
         Ok(Err(err)) => {
-            shared.counters.upstream_failures.fetch_add(1, Ordering::Relaxed);
+            shared
+                .counters
+                .upstream_failures
+                .fetch_add(1, Ordering::Relaxed);
             tracing::debug!(upstream = %shared.upstream, error = %err, "fault proxy: upstream connect failed");
             return;
         }
         Err(_) => {
-            shared.counters.upstream_failures.fetch_add(1, Ordering::Relaxed);
+            shared
+                .counters
+                .upstream_failures
+                .fetch_add(1, Ordering::Relaxed);
             tracing::debug!(upstream = %shared.upstream, "fault proxy: upstream connect timed out");
             return;
         }
@@ -371,8 +380,16 @@ async fn pump(
 
     let writer = async {
         let (bucket, bytes, writes) = match direction {
-            Direction::Up => (&shared.up_bucket, &shared.counters.bytes_up, &shared.counters.writes_up),
-            Direction::Down => (&shared.down_bucket, &shared.counters.bytes_down, &shared.counters.writes_down),
+            Direction::Up => (
+                &shared.up_bucket,
+                &shared.counters.bytes_up,
+                &shared.counters.writes_up,
+            ),
+            Direction::Down => (
+                &shared.down_bucket,
+                &shared.counters.bytes_down,
+                &shared.counters.writes_down,
+            ),
         };
         while let Some((due, chunk)) = chunk_rx.recv().await {
             tokio::time::sleep_until(due).await;

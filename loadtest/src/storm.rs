@@ -56,7 +56,12 @@ pub struct StormOptions {
     pub rounds: u32,
 
     /// Brokers to test, comma-separated.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "tollway,mosquitto")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "tollway,mosquitto"
+    )]
     pub brokers: Vec<BrokerKind>,
 
     /// Transports to test, comma-separated.
@@ -97,7 +102,9 @@ pub enum StormError {
     #[error(transparent)]
     Report(#[from] ReportError),
 
-    #[error("--nodes {nodes} needs about {needed} open files, over the limit of {limit}; lower --nodes")]
+    #[error(
+        "--nodes {nodes} needs about {needed} open files, over the limit of {limit}; lower --nodes"
+    )]
     TooManyNodes { nodes: u64, needed: u64, limit: u64 },
 }
 
@@ -170,6 +177,9 @@ pub struct RoundReport {
     /// Attempts that ended before the session was up (refused, timed out,
     /// connection failed).
     pub failed_attempts: u64,
+    /// Of the failed attempts, sessions whose SUBACK refused one of the
+    /// node's own topics (the node closes the session and retries).
+    pub subscribe_rejections: u64,
     pub peak_connect_attempts_per_s: u32,
     /// Peak CPU of the broker over one-second samples, in percent of one
     /// core. A round shorter than two seconds may show 0.
@@ -205,7 +215,11 @@ pub async fn run(options: &StormOptions, open_file_limit: u64) -> Result<StormRe
     let tls_configs = if options.transports.contains(&Transport::Tls) {
         let started = Instant::now();
         let configs = pki.client_configs(&nodes)?;
-        tracing::info!(nodes = configs.len(), seconds = started.elapsed().as_secs_f64(), "node certificates issued");
+        tracing::info!(
+            nodes = configs.len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "node certificates issued"
+        );
         configs
     } else {
         Vec::new()
@@ -346,9 +360,15 @@ impl Rounds<'_> {
         }
         if !self.options.no_restart {
             let next = self.options.rounds + 1;
-            rounds.push(self.round(next, RoundKind::Restart, backoff, broker).await?);
+            rounds.push(
+                self.round(next, RoundKind::Restart, backoff, broker)
+                    .await?,
+            );
             self.fleet.set_retry(naive);
-            rounds.push(self.round(next + 1, RoundKind::Restart, naive, broker).await?);
+            rounds.push(
+                self.round(next + 1, RoundKind::Restart, naive, broker)
+                    .await?,
+            );
             self.fleet.set_retry(backoff);
         }
         Ok(())
@@ -386,9 +406,13 @@ impl Rounds<'_> {
         tokio::time::sleep(Duration::from_millis(self.options.settle_ms)).await;
 
         let after = self.fleet.stats().counters();
-        let (attempts_before, failures_before) = match kind {
-            RoundKind::Initial => (0, 0),
-            _ => (before.attempts, before.failures),
+        let (attempts_before, failures_before, rejections_before) = match kind {
+            RoundKind::Initial => (0, 0, 0),
+            _ => (
+                before.attempts,
+                before.failures,
+                before.subscribe_rejections,
+            ),
         };
         let report = RoundReport {
             round: number,
@@ -399,7 +423,11 @@ impl Rounds<'_> {
             seconds: waited.map(|d| d.as_secs_f64()),
             connect_attempts: after.attempts - attempts_before,
             failed_attempts: after.failures - failures_before,
-            peak_connect_attempts_per_s: self.fleet.stats().peak_attempts_per_second(started, ended),
+            subscribe_rejections: after.subscribe_rejections - rejections_before,
+            peak_connect_attempts_per_s: self
+                .fleet
+                .stats()
+                .peak_attempts_per_second(started, ended),
             broker_peak_cpu_percent,
             rss_bytes_after: broker.pid().and_then(rss_bytes),
         };
@@ -431,8 +459,7 @@ fn summarise(run: &mut StormRun) {
     if let (Some(first), Some(baseline)) = (first, run.baseline_rss_bytes)
         && run.nodes > 0
     {
-        run.per_connection_bytes =
-            Some((first as f64 - baseline as f64) / run.nodes as f64);
+        run.per_connection_bytes = Some((first as f64 - baseline as f64) / run.nodes as f64);
     }
     if let (Some(first), Some(last)) = (first, last)
         && first > 0
@@ -459,21 +486,36 @@ fn compare(runs: &[StormRun]) -> Vec<Comparison> {
         };
         let metrics: [(&'static str, fn(&StormRun) -> Option<f64>); 7] = [
             ("median_drop_round_s", |run| run.median_drop_round_s),
-            ("restart_backoff_round_s", |run| restart_seconds(run, "backoff")),
+            ("restart_backoff_round_s", |run| {
+                restart_seconds(run, "backoff")
+            }),
             ("restart_naive_round_s", |run| restart_seconds(run, "fixed")),
             ("rss_after_last_drop_round_mib", |run| {
-                last_drop(run).and_then(|round| round.rss_bytes_after).map(|b| b as f64 / 1048576.0)
+                last_drop(run)
+                    .and_then(|round| round.rss_bytes_after)
+                    .map(|b| b as f64 / 1048576.0)
             }),
             ("per_connection_bytes", |run| run.per_connection_bytes),
             ("peak_broker_cpu_percent", |run| {
-                run.rounds.iter().map(|round| round.broker_peak_cpu_percent).reduce(f64::max)
+                run.rounds
+                    .iter()
+                    .map(|round| round.broker_peak_cpu_percent)
+                    .reduce(f64::max)
             }),
             ("peak_connect_attempts_per_s", |run| {
-                run.rounds.iter().map(|round| f64::from(round.peak_connect_attempts_per_s)).reduce(f64::max)
+                run.rounds
+                    .iter()
+                    .map(|round| f64::from(round.peak_connect_attempts_per_s))
+                    .reduce(f64::max)
             }),
         ];
         for (metric, figure) in metrics {
-            comparisons.push(Comparison::new(transport.to_string(), metric, figure(ours), figure(theirs)));
+            comparisons.push(Comparison::new(
+                transport.to_string(),
+                metric,
+                figure(ours),
+                figure(theirs),
+            ));
         }
     }
     comparisons
@@ -487,23 +529,41 @@ fn restart_seconds(run: &StormRun, retry: &str) -> Option<f64> {
 }
 
 fn last_drop(run: &StormRun) -> Option<&RoundReport> {
-    run.rounds.iter().rev().find(|round| round.kind == RoundKind::Drop)
+    run.rounds
+        .iter()
+        .rev()
+        .find(|round| round.kind == RoundKind::Drop)
 }
 
 /// Prints the rounds and the comparison as plain-text tables.
 pub fn print_summary(report: &StormReport) {
     println!(
         "storm: {} nodes, {} drop rounds, back-off {}-{} ms, naive delay {} ms",
-        report.nodes, report.rounds, report.backoff_base_ms, report.backoff_cap_ms, report.naive_delay_ms
+        report.nodes,
+        report.rounds,
+        report.backoff_base_ms,
+        report.backoff_cap_ms,
+        report.naive_delay_ms
     );
     println!(
-        "{:<10} {:<5} {:>5} {:<8} {:<8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>9}",
-        "broker", "link", "round", "kind", "retry", "back", "seconds", "attempts", "peak/s", "cpu%", "rss MiB"
+        "{:<10} {:<5} {:>5} {:<8} {:<8} {:>8} {:>9} {:>9} {:>7} {:>8} {:>8} {:>9}",
+        "broker",
+        "link",
+        "round",
+        "kind",
+        "retry",
+        "back",
+        "seconds",
+        "attempts",
+        "failed",
+        "peak/s",
+        "cpu%",
+        "rss MiB"
     );
     for run in &report.runs {
         for round in &run.rounds {
             println!(
-                "{:<10} {:<5} {:>5} {:<8} {:<8} {:>8} {:>9} {:>9} {:>8} {:>8.0} {:>9}",
+                "{:<10} {:<5} {:>5} {:<8} {:<8} {:>8} {:>9} {:>9} {:>7} {:>8} {:>8.0} {:>9}",
                 run.broker.to_string(),
                 run.transport.to_string(),
                 round.round,
@@ -512,6 +572,7 @@ pub fn print_summary(report: &StormReport) {
                 format!("{}{}", round.back, if round.all_back { "" } else { "!" }),
                 cell(round.seconds, 1),
                 round.connect_attempts,
+                round.failed_attempts,
                 round.peak_connect_attempts_per_s,
                 round.broker_peak_cpu_percent,
                 mib(round.rss_bytes_after),
@@ -524,12 +585,18 @@ pub fn print_summary(report: &StormReport) {
             cell(run.per_connection_bytes, 0),
             cell(run.rss_growth_percent, 1),
             cell(run.median_drop_round_s, 2),
-            run.error.as_ref().map(|e| format!(", error: {e}")).unwrap_or_default(),
+            run.error
+                .as_ref()
+                .map(|e| format!(", error: {e}"))
+                .unwrap_or_default(),
         );
     }
     if !report.comparisons.is_empty() {
         println!();
-        println!("{:<5} {:<30} {:>12} {:>12} {:>8}", "link", "metric", "tollway", "mosquitto", "ratio");
+        println!(
+            "{:<5} {:<30} {:>12} {:>12} {:>8}",
+            "link", "metric", "tollway", "mosquitto", "ratio"
+        );
         for c in &report.comparisons {
             println!(
                 "{:<5} {:<30} {:>12} {:>12} {:>8}",
@@ -541,5 +608,8 @@ pub fn print_summary(report: &StormReport) {
             );
         }
     }
-    println!("all nodes back in every round: {}", if report.all_back { "yes" } else { "NO" });
+    println!(
+        "all nodes back in every round: {}",
+        if report.all_back { "yes" } else { "NO" }
+    );
 }

@@ -1,0 +1,154 @@
+//! Scaled-down runs of the `storm` and `idle` scenarios through the real
+//! `tollway-loadtest` program, against the real `tollway-broker` and
+//! Mosquitto on loopback. They check correctness only: every node back in
+//! every round, every node connected throughout the idle window, and a
+//! well-formed report. Speed is never checked here.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+use tollway_testkit::bin_path;
+
+/// Runs the program with `args` and returns the parsed report.
+fn run_scenario(args: &[&str], report: &Path) -> Value {
+    let output = Command::new(bin_path("tollway-loadtest"))
+        .args(args)
+        .arg("--report")
+        .arg(report)
+        .arg("--broker-bin")
+        .arg(bin_path("tollway-broker"))
+        .output()
+        .expect("tollway-loadtest did not start");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "tollway-loadtest {args:?} exited with {}\nstdout:\n{stdout}\nstderr (last 4000 bytes):\n{}",
+        output.status,
+        &stderr[stderr.len().saturating_sub(4000)..]
+    );
+    let text = std::fs::read_to_string(report).expect("no report file written");
+    serde_json::from_str(&text).expect("report is not valid JSON")
+}
+
+#[test]
+fn storm_brings_every_node_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let report_path = dir.path().join("storm.json");
+    let report = run_scenario(
+        &[
+            "storm",
+            "--nodes",
+            "200",
+            "--rounds",
+            "2",
+            "--round-timeout-s",
+            "120",
+            "--settle-ms",
+            "500",
+        ],
+        &report_path,
+    );
+
+    assert_eq!(report["scenario"], "storm");
+    assert_eq!(report["all_back"], true);
+    let runs = report["runs"].as_array().expect("runs is an array");
+    assert_eq!(
+        runs.len(),
+        4,
+        "expected tollway and mosquitto, each over tls and tcp"
+    );
+    for run in runs {
+        let name = format!("{} over {}", run["broker"], run["transport"]);
+        assert_eq!(run["error"], Value::Null, "{name} ended early");
+        let rounds = run["rounds"].as_array().expect("rounds is an array");
+        // The first connection, two drop rounds, two restart rounds.
+        assert_eq!(rounds.len(), 5, "{name}: wrong number of rounds");
+        for round in rounds {
+            let number = &round["round"];
+            assert_eq!(
+                round["all_back"], true,
+                "{name} round {number}: not all back"
+            );
+            assert_eq!(round["back"], 200, "{name} round {number}: nodes back");
+            assert!(round["seconds"].is_f64(), "{name} round {number}: no time");
+            assert!(
+                round["rss_bytes_after"].as_u64().unwrap_or(0) > 0,
+                "{name} round {number}: no broker RSS"
+            );
+            assert!(
+                round["connect_attempts"].as_u64().unwrap_or(0) >= 200,
+                "{name} round {number}: fewer attempts than nodes"
+            );
+        }
+        assert_eq!(rounds[3]["kind"], "restart");
+        assert_eq!(
+            rounds[4]["retry"], "fixed",
+            "{name}: last round is not the naive client"
+        );
+        assert!(
+            run["per_connection_bytes"].is_f64(),
+            "{name}: no per-connection memory"
+        );
+    }
+    let comparisons = report["comparisons"].as_array().expect("comparisons");
+    assert!(
+        comparisons
+            .iter()
+            .any(|c| c["metric"] == "median_drop_round_s" && c["ratio"].is_f64()),
+        "no ratio against Mosquitto in {comparisons:?}"
+    );
+}
+
+#[test]
+fn idle_fleet_stays_connected_and_is_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    let report_path = dir.path().join("idle.json");
+    let report = run_scenario(
+        &[
+            "idle",
+            "--nodes",
+            "50",
+            "--duration-s",
+            "5",
+            "--keep-alive-s",
+            "1",
+            "--heartbeat-s",
+            "2",
+        ],
+        &report_path,
+    );
+
+    assert_eq!(report["scenario"], "idle");
+    assert_eq!(report["all_stayed_connected"], true);
+    let runs = report["runs"].as_array().expect("runs is an array");
+    assert_eq!(runs.len(), 2, "expected tollway and mosquitto over tls");
+    for run in runs {
+        let name = format!("{} over {}", run["broker"], run["transport"]);
+        assert_eq!(run["error"], Value::Null, "{name} failed");
+        // With a 1 s keep-alive and a 2 s heartbeat, traffic flows both
+        // ways during a 5 s window.
+        assert!(
+            run["bytes_up"].as_u64().unwrap_or(0) > 0,
+            "{name}: nothing sent up"
+        );
+        assert!(
+            run["bytes_down"].as_u64().unwrap_or(0) > 0,
+            "{name}: nothing sent down"
+        );
+        let per_day = run["bytes_per_node_per_day"].as_f64().unwrap_or(0.0);
+        assert!(per_day > 0.0, "{name}: no daily figure");
+        assert!(
+            run["estimated_ip_bytes_per_node_per_day"]
+                .as_f64()
+                .unwrap_or(0.0)
+                > per_day,
+            "{name}: the header estimate adds nothing"
+        );
+        assert!(
+            run["connect_bytes_per_node"].as_f64().unwrap_or(0.0) > 0.0,
+            "{name}: no connect bytes"
+        );
+    }
+}
