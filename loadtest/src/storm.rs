@@ -472,6 +472,9 @@ fn summarise(run: &mut StormRun) {
     run.median_drop_round_s = median(&times);
 }
 
+/// Reads one figure of a run for the comparison table.
+type RunFigure = fn(&StormRun) -> Option<f64>;
+
 /// Compares Tollway with Mosquitto per transport, for every run pair.
 fn compare(runs: &[StormRun]) -> Vec<Comparison> {
     let mut comparisons = Vec::new();
@@ -484,7 +487,7 @@ fn compare(runs: &[StormRun]) -> Vec<Comparison> {
         else {
             continue;
         };
-        let metrics: [(&'static str, fn(&StormRun) -> Option<f64>); 7] = [
+        let metrics: [(&'static str, RunFigure); 7] = [
             ("median_drop_round_s", |run| run.median_drop_round_s),
             ("restart_backoff_round_s", |run| {
                 restart_seconds(run, "backoff")
