@@ -5,9 +5,9 @@
 //! set, which counts every byte written in each direction. After every node
 //! is up, the scenario reads the counters, waits `--duration-s`, reads them
 //! again and scales the difference to a day. The figure is MQTT plus TLS
-//! bytes as the TCP socket carries them: IP and TCP headers are not in it,
-//! so the report adds an estimate of 52 bytes (IPv4 and TCP with the
-//! timestamp option) per write, without counting pure ACK segments.
+//! bytes as the TCP socket carries them, without IP and TCP headers. The
+//! report adds an estimate of 52 header bytes (IPv4 and TCP with the
+//! timestamp option) per write, which leaves out pure ACK segments.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -35,7 +35,7 @@ pub struct IdleOptions {
     #[command(flatten)]
     pub common: CommonOptions,
 
-    /// Number of simulated nodes. Each holds two sockets in this process
+    /// Number of simulated nodes. Each uses two sockets in this process
     /// (node and proxy side) and one toward the broker.
     #[arg(long, value_name = "N", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(1..=6000))]
@@ -64,13 +64,13 @@ pub struct IdleOptions {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "tls")]
     pub transports: Vec<Transport>,
 
-    /// Longest the fleet may take to connect before the run is reported as
+    /// Maximum time the fleet may take to connect before the run is reported as
     /// failed.
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     pub connect_phase_s: u64,
 }
 
-/// Why the idle scenario could not run.
+/// Errors that stop the idle scenario.
 #[derive(Debug, thiserror::Error)]
 pub enum IdleError {
     #[error(transparent)]

@@ -6,10 +6,10 @@
 //! - cap the bandwidth of each direction, shared by all connections, as a
 //!   slow provincial link would ([`FaultProxy::set_bandwidth`]),
 //! - drop every open connection at once ([`FaultProxy::drop_connections`]),
-//! - cut the link for a set time ([`FaultProxy::cut_for`]): either stall it
-//!   (connections stay open, no byte moves until the cut ends, like a
-//!   short outage TCP survives) or refuse it (open connections are closed
-//!   and new ones are closed at once until the cut ends).
+//! - cut the link for a set time ([`FaultProxy::cut_for`]). A stalling cut
+//!   keeps connections open and moves no byte until it ends, like a short
+//!   outage that TCP survives. A refusing cut closes open connections and
+//!   closes new ones at once until it ends.
 //!
 //! It also counts the bytes and writes in each direction, which is how the
 //! `idle` scenario measures traffic at the socket.
@@ -38,7 +38,7 @@ pub const QUEUED_CHUNKS_PER_DIRECTION: usize = 64;
 /// Time allowed to connect to the upstream address.
 const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How a cut treats connections.
+/// The effect of a cut on connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CutMode {
     /// Connections stay open; bytes wait until the cut ends. New
@@ -99,7 +99,7 @@ impl FaultProxy {
         })
     }
 
-    /// The address clients connect to.
+    /// Returns the address clients connect to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
@@ -126,7 +126,7 @@ impl FaultProxy {
         tracing::info!(addr = %self.local_addr, "fault proxy dropped every connection");
     }
 
-    /// Cuts the link for `duration` from now, as `mode` says.
+    /// Cuts the link for `duration` from now, in the way `mode` selects.
     pub fn cut_for(&self, duration: Duration, mode: CutMode) {
         if mode == CutMode::Refuse {
             self.drop_connections();

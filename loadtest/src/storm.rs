@@ -1,6 +1,6 @@
 //! The `storm` scenario: a fleet of N nodes connects to a broker, then
 //! every node drops and reconnects with the edge daemon's back-off, round
-//! after round; then the broker restarts under the fleet, once with the
+//! after round. Then the broker restarts under the fleet, once with the
 //! back-off and once with naive clients (fixed delay, no jitter). The same
 //! runs against Tollway's broker and Mosquitto, over TLS and plain TCP, one
 //! after the other in the same process.
@@ -43,7 +43,7 @@ pub struct StormOptions {
     #[command(flatten)]
     pub common: CommonOptions,
 
-    /// Number of simulated nodes. Each holds one socket in this process and
+    /// Number of simulated nodes. Each uses one socket in this process and
     /// one in the broker, so keep it below the open-file limit less a few
     /// hundred.
     #[arg(long, value_name = "N", default_value_t = 10_000,
@@ -77,7 +77,7 @@ pub struct StormOptions {
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub naive_delay_ms: u64,
 
-    /// Longest a round may take before it is reported as not all back.
+    /// Maximum time a round may take before it is reported as not all back.
     #[arg(long, value_name = "SECONDS", default_value_t = 300,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub round_timeout_s: u64,
@@ -87,7 +87,7 @@ pub struct StormOptions {
     pub settle_ms: u64,
 }
 
-/// Why the storm could not run.
+/// Errors that stop the storm scenario before or after its rounds.
 #[derive(Debug, thiserror::Error)]
 pub enum StormError {
     #[error(transparent)]
@@ -143,11 +143,11 @@ pub struct StormRun {
     pub rss_target_met: Option<bool>,
     /// Median time of the drop rounds in which all nodes came back.
     pub median_drop_round_s: Option<f64>,
-    /// Why the run ended early, if it did.
+    /// The error that ended the run early, if any.
     pub error: Option<String>,
 }
 
-/// What started a round.
+/// The trigger of a round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RoundKind {

@@ -24,8 +24,8 @@ fn node_ids() -> Vec<NodeId> {
         .collect()
 }
 
-/// Collects presence messages until every node's latest one says `online`
-/// equals `want`, or `timeout` passes. Returns the latest presence per topic.
+/// Collects presence messages until the latest presence of every node has
+/// `online == want`, or `timeout` passes. Returns the latest presence per topic.
 async fn wait_for_presence(
     eventloop: &mut rumqttc::EventLoop,
     want: bool,

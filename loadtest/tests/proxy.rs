@@ -80,7 +80,11 @@ async fn forwards_bytes_and_counts_them() {
         data.len() as u64,
         "bytes toward the client"
     );
-    assert!(counters.writes_up >= 1 && counters.writes_down >= 1);
+    assert!(counters.writes_up >= 1, "no write toward upstream counted");
+    assert!(
+        counters.writes_down >= 1,
+        "no write toward the client counted"
+    );
     assert_eq!(counters.accepted, 1);
 }
 
