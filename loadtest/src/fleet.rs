@@ -97,6 +97,15 @@ pub struct FleetStats {
     attempts: AtomicU64,
     /// Attempts that ended before the session was up.
     failures: AtomicU64,
+    /// Of those, attempts that timed out before CONNACK.
+    connect_timeouts: AtomicU64,
+    /// Of those, CONNACKs with a refusal code.
+    connect_refusals: AtomicU64,
+    /// Of those, TCP or TLS errors before CONNACK (including a broker that
+    /// closed the connection).
+    connect_errors: AtomicU64,
+    /// Of those, sessions that failed after CONNACK but before SUBACK.
+    lost_before_up: AtomicU64,
     /// Of those, sessions whose own subscriptions the broker refused.
     subscribe_rejections: AtomicU64,
     /// Sessions that were up and ended by an error (not by [`Fleet::drop_all`]).
@@ -108,12 +117,16 @@ pub struct FleetStats {
 }
 
 /// A snapshot of [`FleetStats`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FleetCounters {
     pub up: usize,
     pub ups: u64,
     pub attempts: u64,
     pub failures: u64,
+    pub connect_timeouts: u64,
+    pub connect_refusals: u64,
+    pub connect_errors: u64,
+    pub lost_before_up: u64,
     pub subscribe_rejections: u64,
     pub lost: u64,
     pub skipped_heartbeats: u64,
@@ -127,6 +140,10 @@ impl FleetStats {
             ups: AtomicU64::new(0),
             attempts: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            connect_timeouts: AtomicU64::new(0),
+            connect_refusals: AtomicU64::new(0),
+            connect_errors: AtomicU64::new(0),
+            lost_before_up: AtomicU64::new(0),
             subscribe_rejections: AtomicU64::new(0),
             lost: AtomicU64::new(0),
             skipped_heartbeats: AtomicU64::new(0),
@@ -140,6 +157,10 @@ impl FleetStats {
             ups: self.ups.load(Ordering::Relaxed),
             attempts: self.attempts.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
+            connect_timeouts: self.connect_timeouts.load(Ordering::Relaxed),
+            connect_refusals: self.connect_refusals.load(Ordering::Relaxed),
+            connect_errors: self.connect_errors.load(Ordering::Relaxed),
+            lost_before_up: self.lost_before_up.load(Ordering::Relaxed),
             subscribe_rejections: self.subscribe_rejections.load(Ordering::Relaxed),
             lost: self.lost.load(Ordering::Relaxed),
             skipped_heartbeats: self.skipped_heartbeats.load(Ordering::Relaxed),
@@ -485,6 +506,12 @@ impl SessionEnd {
         match self {
             SessionEnd::ConnectFailed(err) => {
                 stats.failures.fetch_add(1, Ordering::Relaxed);
+                let kind = match err {
+                    ConnectionError::NetworkTimeout => &stats.connect_timeouts,
+                    ConnectionError::ConnectionRefused(_) => &stats.connect_refusals,
+                    _ => &stats.connect_errors,
+                };
+                kind.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%node, error = %err, "connection attempt failed");
             }
             SessionEnd::SubscribeRejected => {
@@ -498,6 +525,7 @@ impl SessionEnd {
             }
             SessionEnd::Lost(err) => {
                 stats.failures.fetch_add(1, Ordering::Relaxed);
+                stats.lost_before_up.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%node, error = %err, "session failed before its SUBACK");
             }
         }

@@ -21,7 +21,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tollway_topics::{NodeId, Province};
 
-use crate::fleet::{Access, Fleet, FleetSpec, RetryPolicy};
+use crate::fleet::{Access, Fleet, FleetCounters, FleetSpec, RetryPolicy};
 use crate::options::{CommonOptions, OptionsError};
 use crate::pki::{FleetPki, PkiError};
 use crate::process::{CpuSampler, rss_bytes};
@@ -159,6 +159,34 @@ pub enum RoundKind {
     Restart,
 }
 
+/// Failed connection attempts of one round, by cause.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FailureCauses {
+    /// No CONNACK within the connect timeout.
+    pub connect_timeouts: u64,
+    /// A CONNACK with a refusal code.
+    pub connect_refusals: u64,
+    /// A TCP or TLS error before CONNACK, including a closed connection.
+    pub connect_errors: u64,
+    /// The session failed after CONNACK but before SUBACK.
+    pub lost_before_up: u64,
+    /// A SUBACK refused one of the node's own topics; the node closes the
+    /// session and retries.
+    pub subscribe_rejections: u64,
+}
+
+impl FailureCauses {
+    fn between(before: &FleetCounters, after: &FleetCounters) -> Self {
+        FailureCauses {
+            connect_timeouts: after.connect_timeouts - before.connect_timeouts,
+            connect_refusals: after.connect_refusals - before.connect_refusals,
+            connect_errors: after.connect_errors - before.connect_errors,
+            lost_before_up: after.lost_before_up - before.lost_before_up,
+            subscribe_rejections: after.subscribe_rejections - before.subscribe_rejections,
+        }
+    }
+}
+
 /// One round's figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct RoundReport {
@@ -177,9 +205,8 @@ pub struct RoundReport {
     /// Attempts that ended before the session was up (refused, timed out,
     /// connection failed).
     pub failed_attempts: u64,
-    /// Of the failed attempts, sessions whose SUBACK refused one of the
-    /// node's own topics (the node closes the session and retries).
-    pub subscribe_rejections: u64,
+    /// The failed attempts by cause.
+    pub failures_by_cause: FailureCauses,
     pub peak_connect_attempts_per_s: u32,
     /// Peak CPU of the broker over one-second samples, in percent of one
     /// core. A round shorter than two seconds may show 0.
@@ -406,13 +433,10 @@ impl Rounds<'_> {
         tokio::time::sleep(Duration::from_millis(self.options.settle_ms)).await;
 
         let after = self.fleet.stats().counters();
-        let (attempts_before, failures_before, rejections_before) = match kind {
-            RoundKind::Initial => (0, 0, 0),
-            _ => (
-                before.attempts,
-                before.failures,
-                before.subscribe_rejections,
-            ),
+        // The initial round counts everything since the fleet started.
+        let before = match kind {
+            RoundKind::Initial => FleetCounters::default(),
+            _ => before,
         };
         let report = RoundReport {
             round: number,
@@ -421,9 +445,9 @@ impl Rounds<'_> {
             all_back: waited.is_some(),
             back: after.up,
             seconds: waited.map(|d| d.as_secs_f64()),
-            connect_attempts: after.attempts - attempts_before,
-            failed_attempts: after.failures - failures_before,
-            subscribe_rejections: after.subscribe_rejections - rejections_before,
+            connect_attempts: after.attempts - before.attempts,
+            failed_attempts: after.failures - before.failures,
+            failures_by_cause: FailureCauses::between(&before, &after),
             peak_connect_attempts_per_s: self
                 .fleet
                 .stats()
