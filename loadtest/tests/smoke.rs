@@ -81,6 +81,15 @@ fn storm_brings_every_node_back() {
                 round["connect_attempts"].as_u64().unwrap_or(0) >= 200,
                 "{name} round {number}: fewer attempts than nodes"
             );
+            let causes = round["failures_by_cause"]
+                .as_object()
+                .expect("failures_by_cause is an object");
+            let by_cause: u64 = causes.values().map(|v| v.as_u64().unwrap_or(0)).sum();
+            assert_eq!(
+                Some(by_cause),
+                round["failed_attempts"].as_u64(),
+                "{name} round {number}: causes {causes:?} do not add up to failed_attempts"
+            );
         }
         assert_eq!(rounds[3]["kind"], "restart");
         assert_eq!(
