@@ -13,9 +13,10 @@
 //! The scenario drives the fleet through [`Fleet`]: drop every session at
 //! once (as a network cut would), switch the retry policy, or stop.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
@@ -101,6 +102,10 @@ pub struct FleetStats {
     connect_timeouts: AtomicU64,
     /// Of those, CONNACKs with a refusal code.
     connect_refusals: AtomicU64,
+    /// The same refusals by return code (`ServiceUnavailable`,
+    /// `NotAuthorized`, ...). At most six codes exist in MQTT 3.1.1, so the
+    /// map stays small.
+    refusal_codes: Mutex<BTreeMap<String, u64>>,
     /// Of those, TCP or TLS errors before CONNACK (including a broker that
     /// closed the connection).
     connect_errors: AtomicU64,
@@ -142,6 +147,7 @@ impl FleetStats {
             failures: AtomicU64::new(0),
             connect_timeouts: AtomicU64::new(0),
             connect_refusals: AtomicU64::new(0),
+            refusal_codes: Mutex::new(BTreeMap::new()),
             connect_errors: AtomicU64::new(0),
             lost_before_up: AtomicU64::new(0),
             subscribe_rejections: AtomicU64::new(0),
@@ -182,6 +188,23 @@ impl FleetStats {
     fn second_index(&self, at: Instant) -> usize {
         let second = at.saturating_duration_since(self.started).as_secs() as usize;
         second.min(TRACKED_SECONDS - 1)
+    }
+
+    /// Returns the CONNACK refusals so far, by return code.
+    pub fn refusal_codes(&self) -> BTreeMap<String, u64> {
+        match self.refusal_codes.lock() {
+            Ok(codes) => codes.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn record_refusal(&self, code: rumqttc::ConnectReturnCode) {
+        self.connect_refusals.fetch_add(1, Ordering::Relaxed);
+        let mut codes = match self.refusal_codes.lock() {
+            Ok(codes) => codes,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *codes.entry(format!("{code:?}")).or_insert(0) += 1;
     }
 
     fn record_attempt(&self) {
@@ -506,12 +529,15 @@ impl SessionEnd {
         match self {
             SessionEnd::ConnectFailed(err) => {
                 stats.failures.fetch_add(1, Ordering::Relaxed);
-                let kind = match err {
-                    ConnectionError::NetworkTimeout => &stats.connect_timeouts,
-                    ConnectionError::ConnectionRefused(_) => &stats.connect_refusals,
-                    _ => &stats.connect_errors,
-                };
-                kind.fetch_add(1, Ordering::Relaxed);
+                match err {
+                    ConnectionError::NetworkTimeout => {
+                        stats.connect_timeouts.fetch_add(1, Ordering::Relaxed);
+                    }
+                    ConnectionError::ConnectionRefused(code) => stats.record_refusal(*code),
+                    _ => {
+                        stats.connect_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 tracing::debug!(%node, error = %err, "connection attempt failed");
             }
             SessionEnd::SubscribeRejected => {

@@ -14,6 +14,7 @@
 //! (round timeout + settle time) plus broker start-up, per broker and
 //! transport.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -166,6 +167,8 @@ pub struct FailureCauses {
     pub connect_timeouts: u64,
     /// A CONNACK with a refusal code.
     pub connect_refusals: u64,
+    /// Those refusals by return code, e.g. `ServiceUnavailable`.
+    pub refusal_codes: BTreeMap<String, u64>,
     /// A TCP or TLS error before CONNACK, including a closed connection.
     pub connect_errors: u64,
     /// The session failed after CONNACK but before SUBACK.
@@ -176,8 +179,19 @@ pub struct FailureCauses {
 }
 
 impl FailureCauses {
-    fn between(before: &FleetCounters, after: &FleetCounters) -> Self {
+    fn between(
+        before: &FleetCounters,
+        after: &FleetCounters,
+        codes_before: &BTreeMap<String, u64>,
+        codes_after: &BTreeMap<String, u64>,
+    ) -> Self {
+        let refusal_codes = codes_after
+            .iter()
+            .map(|(code, count)| (code.clone(), count - codes_before.get(code).unwrap_or(&0)))
+            .filter(|(_, count)| *count > 0)
+            .collect();
         FailureCauses {
+            refusal_codes,
             connect_timeouts: after.connect_timeouts - before.connect_timeouts,
             connect_refusals: after.connect_refusals - before.connect_refusals,
             connect_errors: after.connect_errors - before.connect_errors,
@@ -409,6 +423,10 @@ impl Rounds<'_> {
         broker: &mut BrokerUnderTest,
     ) -> Result<RoundReport, ServerError> {
         let before = self.fleet.stats().counters();
+        let codes_before = match kind {
+            RoundKind::Initial => BTreeMap::new(),
+            _ => self.fleet.stats().refusal_codes(),
+        };
         let ups_before = match kind {
             // The initial round counts every session since the start.
             RoundKind::Initial => 0,
@@ -447,7 +465,12 @@ impl Rounds<'_> {
             seconds: waited.map(|d| d.as_secs_f64()),
             connect_attempts: after.attempts - before.attempts,
             failed_attempts: after.failures - before.failures,
-            failures_by_cause: FailureCauses::between(&before, &after),
+            failures_by_cause: FailureCauses::between(
+                &before,
+                &after,
+                &codes_before,
+                &self.fleet.stats().refusal_codes(),
+            ),
             peak_connect_attempts_per_s: self
                 .fleet
                 .stats()
