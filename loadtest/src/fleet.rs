@@ -40,7 +40,7 @@ const TRACKED_SECONDS: usize = 4 * 3600;
 /// that does not fit is skipped and counted.
 const REQUEST_CHANNEL_CAPACITY: usize = 8;
 
-/// How a node waits between connection attempts.
+/// The wait between a node's connection attempts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryPolicy {
     /// The edge daemon's decorrelated-jitter back-off.
@@ -59,7 +59,7 @@ impl RetryPolicy {
     }
 }
 
-/// How nodes authenticate.
+/// The authentication of every node.
 #[derive(Clone)]
 pub enum Access {
     /// Mutual TLS; one client configuration per node, in node order.
@@ -103,7 +103,7 @@ pub struct FleetStats {
     /// Of those, CONNACKs with a refusal code.
     connect_refusals: AtomicU64,
     /// The same refusals by return code (`ServiceUnavailable`,
-    /// `NotAuthorized`, ...). At most six codes exist in MQTT 3.1.1, so the
+    /// `NotAuthorized`, ...). MQTT 3.1.1 defines five refusal codes, so the
     /// map stays small.
     refusal_codes: Mutex<BTreeMap<String, u64>>,
     /// Of those, TCP or TLS errors before CONNACK (including a broker that
@@ -173,7 +173,7 @@ impl FleetStats {
         }
     }
 
-    /// Returns the most connection attempts seen in one whole second
+    /// Returns the maximum number of connection attempts in one whole second
     /// between `from` and `to`.
     pub fn peak_attempts_per_second(&self, from: Instant, to: Instant) -> u32 {
         let first = self.second_index(from);
@@ -214,7 +214,7 @@ impl FleetStats {
     }
 }
 
-/// What the scenario asks of every node.
+/// The command the scenario gives every node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Action {
     /// Stay connected; reconnect after failures.
@@ -370,7 +370,8 @@ struct Shared {
 
 impl Shared {
     fn new(spec: FleetSpec, stats: Arc<FleetStats>) -> Self {
-        // Encoding fixed, valid sample messages cannot fail.
+        // These fixed messages are valid, so encoding does not fail; the
+        // fleet tests decode the presence a centre receives.
         let will = Presence::offline().to_cbor().unwrap_or_default();
         let heartbeat = tollway_topics::samples::heartbeat_status()
             .to_cbor()
@@ -512,7 +513,7 @@ async fn run_node(shared: Arc<Shared>, index: usize, mut control_rx: watch::Rece
     }
 }
 
-/// How a session ended by itself.
+/// The way a session ended by itself.
 enum SessionEnd {
     /// TCP, TLS or CONNECT failed, or CONNACK refused the node.
     ConnectFailed(ConnectionError),

@@ -14,7 +14,7 @@
 //! It also counts the bytes and writes in each direction, which is how the
 //! `idle` scenario measures traffic at the socket.
 //!
-//! Bounds: each direction of a connection holds at most
+//! Bounds: each direction of a connection queues at most
 //! [`QUEUED_CHUNKS_PER_DIRECTION`] chunks of at most [`CHUNK_BYTES`] between
 //! reading and writing; when the queue is full, the proxy stops reading and
 //! TCP flow control pushes back on the sender. Nothing is ever discarded

@@ -10,9 +10,9 @@
 //! - Plain TCP: the province profile has no plain-TCP node listener, so
 //!   plain runs use Tollway's service listener (username and password, a
 //!   valid login bypasses the ACL) against Mosquitto with a password file
-//!   and no ACL. Every simulated node logs in as the same user; the
-//!   password hash uses cheap Argon2 parameters so that the benchmark
-//!   measures connection handling, not password hashing.
+//!   and no ACL. Every simulated node logs in as the same user. The
+//!   password hash uses cheap Argon2 parameters, so the benchmark measures
+//!   connection handling, not password hashing.
 //!
 //! Both brokers keep their default connection limits; Tollway's pacing
 //! (500 new connections per second after a burst of 200) is part of what
@@ -40,7 +40,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Time a broker has to exit after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Which broker program runs.
+/// The broker program under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum BrokerKind {
@@ -48,7 +48,7 @@ pub enum BrokerKind {
     Mosquitto,
 }
 
-/// How simulated nodes reach the broker.
+/// The transport between simulated nodes and the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
@@ -76,7 +76,7 @@ impl fmt::Display for Transport {
     }
 }
 
-/// Where the broker programs are.
+/// Paths of the broker programs.
 #[derive(Debug, Clone)]
 pub struct Programs {
     pub tollway_broker: PathBuf,
@@ -137,7 +137,7 @@ pub enum ServerError {
 pub struct BrokerUnderTest {
     pub kind: BrokerKind,
     pub transport: Transport,
-    /// Where simulated nodes connect.
+    /// Address simulated nodes connect to.
     pub node_addr: SocketAddr,
     program: PathBuf,
     config: PathBuf,
