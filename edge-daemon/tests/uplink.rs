@@ -39,19 +39,20 @@ async fn intake_to_centre_ack() {
             state.stored_through("G0015-0001") == 300
         })
         .await;
-    let state = centre.state.lock().unwrap();
-    let expected: Vec<String> = sent.iter().map(|r| r.transaction_id.clone()).collect();
-    assert_eq!(
-        state.transaction_ids("G0015-0001"),
-        expected,
-        "records arrive in seq order with their content"
-    );
-    assert!(
-        state.conflicts.is_empty(),
-        "conflicting records: {:?}",
-        state.conflicts
-    );
-    drop(state);
+    {
+        let state = centre.state.lock().unwrap();
+        let expected: Vec<String> = sent.iter().map(|r| r.transaction_id.clone()).collect();
+        assert_eq!(
+            state.transaction_ids("G0015-0001"),
+            expected,
+            "records arrive in seq order with their content"
+        );
+        assert!(
+            state.conflicts.is_empty(),
+            "conflicting records: {:?}",
+            state.conflicts
+        );
+    }
 
     // The acknowledgement moved the watermark: the status reports an empty outbox.
     centre
@@ -92,15 +93,16 @@ async fn summary_counts_every_record() {
             state.summaries.iter().any(|(_, s)| s.count == 41)
         })
         .await;
-    let state = centre.state.lock().unwrap();
-    let (_, summary) = state.summaries.iter().find(|(_, s)| s.count == 41).unwrap();
-    assert_eq!(summary.gantry_id, gantry);
-    assert_eq!(summary.hour_batch, hour);
-    let fee_sum = 40 * u64::from(record(1).pay_fee) + u64::from(truck.pay_fee);
-    assert_eq!(summary.fee_sum, fee_sum);
-    assert_eq!(summary.first_seq, Some(1));
-    assert_eq!(summary.last_seq, Some(41));
-    drop(state);
+    {
+        let state = centre.state.lock().unwrap();
+        let (_, summary) = state.summaries.iter().find(|(_, s)| s.count == 41).unwrap();
+        assert_eq!(summary.gantry_id, gantry);
+        assert_eq!(summary.hour_batch, hour);
+        let fee_sum = 40 * u64::from(record(1).pay_fee) + u64::from(truck.pay_fee);
+        assert_eq!(summary.fee_sum, fee_sum);
+        assert_eq!(summary.first_seq, Some(1));
+        assert_eq!(summary.last_seq, Some(41));
+    }
 
     // A summary is marked published: a restart does not send it again,
     // but ResendSummary does.
@@ -154,18 +156,19 @@ async fn resend_after_broker_restart() {
             |state| state.stored_through("G0015-0003") == 120,
         )
         .await;
-    let state = centre.state.lock().unwrap();
-    let expected: Vec<String> = records(1..=120)
-        .iter()
-        .map(|r| r.transaction_id.clone())
-        .collect();
-    assert_eq!(state.transaction_ids("G0015-0003"), expected);
-    assert!(
-        state.conflicts.is_empty(),
-        "conflicting records: {:?}",
-        state.conflicts
-    );
-    drop(state);
+    {
+        let state = centre.state.lock().unwrap();
+        let expected: Vec<String> = records(1..=120)
+            .iter()
+            .map(|r| r.transaction_id.clone())
+            .collect();
+        assert_eq!(state.transaction_ids("G0015-0003"), expected);
+        assert!(
+            state.conflicts.is_empty(),
+            "conflicting records: {:?}",
+            state.conflicts
+        );
+    }
     drop(broker);
 }
 
@@ -259,15 +262,16 @@ async fn replay_sends_retained_range() {
             state.duplicates >= duplicates_before + 5
         })
         .await;
-    let state = centre.state.lock().unwrap();
-    let result = &state.results.iter().find(|(_, r)| r.id == 1).unwrap().1;
-    assert!(result.ok, "replay failed: {:?}", result.message);
-    assert_eq!(
-        state.duplicates,
-        duplicates_before + 5,
-        "exactly seq 5..=9 replayed"
-    );
-    drop(state);
+    {
+        let state = centre.state.lock().unwrap();
+        let result = &state.results.iter().find(|(_, r)| r.id == 1).unwrap().1;
+        assert!(result.ok, "replay failed: {:?}", result.message);
+        assert_eq!(
+            state.duplicates,
+            duplicates_before + 5,
+            "exactly seq 5..=9 replayed"
+        );
+    }
 
     let beyond = Command {
         id: 2,

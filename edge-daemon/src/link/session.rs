@@ -185,8 +185,9 @@ impl Link {
     /// count since the last CONNACK reaches the configured thresholds.
     fn after_error(&mut self, errors: u32) {
         let endpoints = self.config.endpoints.len();
-        let switch = endpoints > 1 && errors % self.config.failures_before_next_endpoint == 0;
-        let rebuild = errors % self.config.errors_before_rebuild == 0;
+        let switch =
+            endpoints > 1 && errors.is_multiple_of(self.config.failures_before_next_endpoint);
+        let rebuild = errors.is_multiple_of(self.config.errors_before_rebuild);
         if switch {
             let from = self.endpoint_name().to_string();
             self.endpoint = (self.endpoint + 1) % endpoints;
