@@ -51,6 +51,7 @@ pub struct NodeOptions {
     pub retention_s: Option<u64>,
     pub resend_timeout_s: u64,
     pub heartbeat_s: u64,
+    pub keep_alive_s: u64,
 }
 
 impl Default for NodeOptions {
@@ -61,6 +62,7 @@ impl Default for NodeOptions {
             retention_s: None,
             resend_timeout_s: 3,
             heartbeat_s: 300,
+            keep_alive_s: 5,
         }
     }
 }
@@ -115,7 +117,7 @@ labels = {{ gantry = "G001544001000201010", arch = "x86_64" }}
 ca_file = "{d}/ca.crt"
 cert_file = "{d}/node.crt"
 key_file = "{d}/node.key"
-keep_alive_s = 5
+keep_alive_s = {keep_alive}
 reconnect = {{ base_ms = 100, cap_ms = 1000 }}
 failures_before_next_endpoint = 2
 
@@ -139,6 +141,7 @@ interval_s = 1
             d = d.display(),
             resend = options.resend_timeout_s,
             heartbeat = options.heartbeat_s,
+            keep_alive = options.keep_alive_s,
         );
         let config = d.join("edge.toml");
         std::fs::write(&config, text).unwrap();
@@ -214,6 +217,11 @@ interval_s = 1
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("edge.log")).unwrap_or_default()
+    }
+
+    /// Process id of the running daemon.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("node is running").id()
     }
 
     pub fn data_dir(&self) -> &Path {
