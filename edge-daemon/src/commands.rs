@@ -1,4 +1,4 @@
-//! Commands from the centre on the node's `cmd` topic, each answered with a
+//! Commands from the centre on the node's `cmd` topic. Each one gets a
 //! `CommandResult` on `cmd/result`.
 //!
 //! - Replay: sends the records `from_seq..=to_seq` again from the outbox's
@@ -121,8 +121,8 @@ impl Handler {
             }
             CommandAction::ResendSummary { hour_batch } => self.resend_summary(*hour_batch),
             // NOTE: log collection belongs to the app manager, which does
-            // not offer it yet, so the command is refused rather than
-            // answered with empty output.
+            // not offer it yet, so the command fails with a clear message
+            // instead of returning empty output.
             CommandAction::CollectLogs { app, .. } => Err(format!(
                 "collect logs is not supported yet by this daemon (app {app:?})"
             )),

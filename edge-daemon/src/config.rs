@@ -31,7 +31,7 @@ pub struct EdgeConfig {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     /// Directory of the node's state. The outbox lives in `outbox/` under
-    /// it unless `outbox.path` says otherwise; free disk space in the
+    /// it unless `outbox.path` is set, and free disk space in the
     /// status message is measured here.
     pub data_dir: PathBuf,
     /// Podman's REST API socket, for the app manager. Default
@@ -65,8 +65,8 @@ fn default_prune_interval_s() -> u64 {
     300
 }
 
-/// An outbox section with every default and no path; the path is filled
-/// from `data_dir` by [`EdgeConfig::validate`].
+/// Returns an outbox section with every default and an empty path, which
+/// [`EdgeConfig::validate`] fills from `data_dir`.
 fn default_outbox() -> OutboxConfig {
     OutboxConfig::new(PathBuf::new())
 }

@@ -7,7 +7,7 @@ use tollway_topics::{Message, NodeId, NodeKind, RecordAck, Topic};
 
 use crate::apps::DesiredInbox;
 
-/// Where the link delivers what it receives.
+/// Destinations of the messages the link receives.
 pub struct Inbound {
     /// The newest payload on the node's `desired` topic, for the app manager.
     pub desired: DesiredInbox,
@@ -21,7 +21,8 @@ pub struct Inbound {
 }
 
 impl Inbound {
-    /// Routes one received publish by its topic. Never blocks.
+    /// Routes one received publish by its topic. It never waits, because
+    /// every hand-off is a watch update or a `try_send`.
     pub(crate) fn dispatch(&self, node: &NodeId, publish: Publish) {
         let kind = match Topic::parse(&publish.topic) {
             Ok(Topic::Node { node: to, kind, .. }) if &to == node => kind,

@@ -11,7 +11,7 @@
 //!
 //! The session is persistent (clean session off, client id = node id), so
 //! the broker keeps the node's subscriptions and queued messages across
-//! short outages; when the broker answers that no session was kept, the link
+//! short outages; when the CONNACK reports that no session was kept, the link
 //! subscribes again. The node's retained presence is set online after each
 //! CONNACK and offline by the will (or by the link itself on shutdown).
 

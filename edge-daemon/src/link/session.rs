@@ -183,6 +183,11 @@ impl Link {
 
     /// Moves to the next endpoint or rebuilds the client when the error
     /// count since the last CONNACK reaches the configured thresholds.
+    ///
+    /// NOTE: only connection errors count. A connection that stays up while
+    /// rumqttc stops sending (its packet-id collision state after a
+    /// reconnect) is not detected here; the uplink then resends on its
+    /// timeout into the same stuck client.
     fn after_error(&mut self, errors: u32) {
         let endpoints = self.config.endpoints.len();
         let switch =

@@ -18,21 +18,21 @@ use super::LinkConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error(
-        "link.{key} = {path}: cannot read a PEM {what}: {source}; check the path and the file's contents"
+        "link.{key} = {path}: cannot read a PEM {content}: {source}; check the path and the file's contents"
     )]
     Read {
         key: &'static str,
         path: PathBuf,
-        what: &'static str,
+        content: &'static str,
         #[source]
         source: rustls::pki_types::pem::Error,
     },
 
-    #[error("link.{key} = {path}: the file contains no {what}")]
+    #[error("link.{key} = {path}: the file contains no {content}")]
     Empty {
         key: &'static str,
         path: PathBuf,
-        what: &'static str,
+        content: &'static str,
     },
 
     #[error("link.ca_file = {path}: a CA certificate is invalid: {source}")]
@@ -70,7 +70,7 @@ impl TlsFiles {
             PrivateKeyDer::from_pem_file(&config.key_file).map_err(|source| TlsError::Read {
                 key: "key_file",
                 path: config.key_file.clone(),
-                what: "private key",
+                content: "private key",
                 source,
             })?;
 
@@ -94,7 +94,7 @@ fn read_certificates(
     let read_error = |source| TlsError::Read {
         key,
         path: path.to_path_buf(),
-        what: "certificate",
+        content: "certificate",
         source,
     };
     let certificates = CertificateDer::pem_file_iter(path)
@@ -105,7 +105,7 @@ fn read_certificates(
         return Err(TlsError::Empty {
             key,
             path: path.to_path_buf(),
-            what: "certificate",
+            content: "certificate",
         });
     }
     Ok(certificates)

@@ -20,7 +20,8 @@ use super::error::OutboxError;
 
 pub(crate) const SUMMARIES_CF: &str = "summaries";
 
-/// What a tally needs of one record, taken before the record is encoded.
+/// The fields of one record that a tally counts, taken before the record
+/// is encoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RecordTally {
     pub gantry_id: String,
@@ -85,7 +86,7 @@ impl Tally {
     }
 }
 
-/// The key of one gantry's hour.
+/// Builds the key of one gantry's hour.
 pub(crate) fn tally_key(hour_batch: u32, gantry_id: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(4 + gantry_id.len());
     key.extend_from_slice(&hour_batch.to_be_bytes());

@@ -408,7 +408,7 @@ impl Writer {
     /// all lie below `cut`, the first seq kept after a prune.
     ///
     /// NOTE: a record that arrives for such an hour after the prune starts a
-    /// new tally that counts only the late records, so the centre sees a
+    /// new tally that counts only the late records, so the centre receives a
     /// second, smaller summary for an hour it already closed.
     fn prune_tallies(&self, batch: &mut WriteBatch, cut: u64) -> Result<(), OutboxError> {
         let cf = summary::summaries_cf(&self.db, &self.node)?;
