@@ -1,20 +1,30 @@
 //! `tollway-edge`: Edge daemon: runs a node's apps through Podman and keeps its toll record outbox.
 //!
-//! NOTE: only the record intake, the outbox and retention run so far. No
-//! uplink sends records to the centre yet, so undelivered records grow
-//! until the outbox's disk cap applies back-pressure.
+//! Wires the parts to the configuration file and signals: the record
+//! intake and outbox, the MQTT link, the uplink of records, commands,
+//! status, hourly summaries and retention.
+//!
+//! NOTE: the app manager (desired state and Podman) does not run yet. The
+//! link fills the desired-state inbox and the status reports an empty app
+//! list with generation 0 until it does.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use serde::Deserialize;
-use tollway_edge::intake::{Intake, IntakeConfig};
-use tollway_edge::outbox::{Outbox, OutboxConfig};
+use tokio::sync::{mpsc, watch};
+use tollway_edge::apps::AppsReport;
+use tollway_edge::commands::run_commands;
+use tollway_edge::config::{EdgeConfig, Identity};
+use tollway_edge::intake::Intake;
+use tollway_edge::link::{Inbound, Link, TlsFiles};
+use tollway_edge::outbox::Outbox;
 use tollway_edge::retention::run_retention;
+use tollway_edge::status::run_status;
+use tollway_edge::summary::run_summaries;
+use tollway_edge::uplink::run_uplink;
 use tollway_runtime::{CommonArgs, Shutdown, init_logging, load_config};
-use tollway_topics::NodeId;
 
 /// Edge daemon: runs a node's apps through Podman and keeps its toll record outbox.
 #[derive(Debug, Parser)]
@@ -24,26 +34,12 @@ struct Cli {
     common: CommonArgs,
 }
 
-/// Configuration file (TOML); an unknown key is an error.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Config {
-    /// This node's id, also the CN of its client certificate.
-    node: String,
-    outbox: OutboxConfig,
-    #[serde(default)]
-    intake: IntakeConfig,
-    /// Seconds between retention prunes of delivered records. Default 300.
-    #[serde(default = "default_prune_interval_s")]
-    prune_interval_s: u64,
-}
-
-fn default_prune_interval_s() -> u64 {
-    300
-}
-
 /// Time the tasks get to stop after a shutdown signal.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Worker threads of the async runtime: the node's apps come first, and
+/// the outbox writer has a thread of its own.
+const WORKER_THREADS: usize = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -52,15 +48,15 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
 
-    let config: Config = match load_config(cli.common.config.as_deref()) {
+    let mut config: EdgeConfig = match load_config(cli.common.config.as_deref()) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("tollway-edge: {err}");
             return ExitCode::from(2);
         }
     };
-    let node = match validate(&config) {
-        Ok(node) => node,
+    let identity = match config.validate() {
+        Ok(identity) => identity,
         Err(problems) => {
             eprintln!("tollway-edge: invalid configuration:");
             for problem in problems {
@@ -69,15 +65,26 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let tls = match TlsFiles::load(&config.link) {
+        Ok(tls) => tls,
+        Err(err) => {
+            eprintln!("tollway-edge: {err}");
+            return ExitCode::from(2);
+        }
+    };
 
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKER_THREADS)
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("tollway-edge: cannot start the async runtime: {err}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(node, config)) {
+    match runtime.block_on(serve(identity, config, tls)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err, "tollway-edge stopped on an error");
@@ -86,43 +93,80 @@ fn main() -> ExitCode {
     }
 }
 
-/// Checks every key and returns the node id, or all problems at once.
-fn validate(config: &Config) -> Result<NodeId, Vec<String>> {
-    let mut problems = Vec::new();
-    let node = NodeId::new(config.node.clone())
-        .map_err(|err| problems.push(format!("node = {:?}: {err}", config.node)))
-        .ok();
-    problems.extend(
-        config
-            .outbox
-            .problems()
-            .into_iter()
-            .map(|p| format!("outbox: {p}")),
-    );
-    problems.extend(
-        config
-            .intake
-            .problems()
-            .into_iter()
-            .map(|p| format!("intake: {p}")),
-    );
-    if config.prune_interval_s == 0 {
-        problems.push("prune_interval_s must be at least 1".to_string());
-    }
-    match node {
-        Some(node) if problems.is_empty() => Ok(node),
-        _ => Err(problems),
-    }
-}
+/// Runs every task until a signal, then stops them.
+async fn serve(identity: Identity, config: EdgeConfig, tls: TlsFiles) -> anyhow::Result<()> {
+    let Identity { node, province } = identity;
+    tracing::info!(node = %node, province = %province, version = env!("CARGO_PKG_VERSION"), labels = ?config.labels, "tollway-edge starting");
+    let outbox = Arc::new(Outbox::open(node.clone(), &config.outbox)?);
+    let intake = Intake::bind(config.intake.clone(), Arc::clone(&outbox)).await?;
 
-/// Runs the intake and retention until a signal, then stops them.
-async fn serve(node: NodeId, config: Config) -> anyhow::Result<()> {
-    let outbox = Arc::new(Outbox::open(node, &config.outbox)?);
-    let intake = Intake::bind(config.intake, Arc::clone(&outbox)).await?;
+    // The seam with the app manager: the link fills `desired_inbox`, the
+    // app manager reads `desired_outlet` and writes `report_writer`, and
+    // the status task reads `report_reader`. Both ends live until the end
+    // of `serve`.
+    let (desired_inbox, desired_outlet) = watch::channel(None);
+    let (report_writer, report_reader) = watch::channel(AppsReport::default());
+    let (commands_tx, commands_rx) = mpsc::channel(config.commands.queue);
+    let (acks_tx, acks_rx) = watch::channel(0u64);
+    let inbound = Inbound {
+        desired: desired_inbox,
+        commands: commands_tx,
+        acks: acks_tx,
+    };
+    let (link, link_handle) = Link::new(
+        node.clone(),
+        province,
+        env!("CARGO_PKG_VERSION"),
+        config.link.clone(),
+        tls,
+        inbound,
+    );
 
     let mut shutdown = Shutdown::new();
     shutdown.listen_for_signals();
     shutdown.spawn("intake", intake.run(shutdown.token()));
+    shutdown.spawn("link", link.run(shutdown.token()));
+    shutdown.spawn(
+        "uplink",
+        run_uplink(
+            Arc::clone(&outbox),
+            link_handle.clone(),
+            acks_rx,
+            config.uplink.clone(),
+            shutdown.token(),
+        ),
+    );
+    shutdown.spawn(
+        "commands",
+        run_commands(
+            Arc::clone(&outbox),
+            link_handle.clone(),
+            commands_rx,
+            config.uplink.batch_limits(),
+            config.commands.clone(),
+            shutdown.token(),
+        ),
+    );
+    shutdown.spawn(
+        "status",
+        run_status(
+            Arc::clone(&outbox),
+            link_handle.clone(),
+            report_reader,
+            config.data_dir.clone(),
+            config.status.clone(),
+            shutdown.token(),
+        ),
+    );
+    shutdown.spawn(
+        "summary",
+        run_summaries(
+            Arc::clone(&outbox),
+            link_handle,
+            config.summary.clone(),
+            shutdown.token(),
+        ),
+    );
     let interval = Duration::from_secs(config.prune_interval_s);
     shutdown.spawn(
         "retention",
@@ -130,6 +174,7 @@ async fn serve(node: NodeId, config: Config) -> anyhow::Result<()> {
     );
 
     let ended_early = shutdown.run_until_stopped(SHUTDOWN_DEADLINE).await;
+    drop((desired_outlet, report_writer));
     // The outbox closes when the last handle is dropped, after the tasks.
     drop(outbox);
     if ended_early.is_empty() {

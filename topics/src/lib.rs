@@ -21,5 +21,5 @@ pub use messages::*;
 
 pub use ops::{Deployment, PlacementMode, Rollout, RolloutControl, SpreadBy, Wave};
 pub use selector::{Requirement, Selector, SelectorError};
-pub use topic::{CenterKind, NodeKind, OpsKind, Topic, TopicError};
+pub use topic::{CenterKind, LOCAL_RECORDS_TOPIC, NodeKind, OpsKind, Topic, TopicError};
 pub use wire::{DecodeError, EncodeError, Invalid, Message};

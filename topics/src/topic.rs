@@ -18,6 +18,11 @@ use crate::ids::{IdError, NodeId, ObjectName, Province};
 /// The first two levels of every Tollway topic.
 pub const PREFIX: &str = "tollway/v1";
 
+/// The topic node apps publish toll records to on the edge daemon's
+/// loopback intake, one CBOR `TollRecord` per message. It never leaves the
+/// node, so it sits outside [`PREFIX`] and [`Topic`] does not parse it.
+pub const LOCAL_RECORDS_TOPIC: &str = "tollway/local/v1/records";
+
 /// A node's topics, as the last levels of `tollway/v1/{province}/node/{node}/...`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NodeKind {

@@ -9,10 +9,7 @@ use tollway_runtime::BackoffConfig;
 use tollway_topics::limits::MAX_SMALL_MESSAGE_BYTES;
 
 /// The topic apps publish toll records to, one CBOR `TollRecord` per message.
-///
-/// NOTE: this local topic is part of the contract with node apps, so it
-/// belongs in the topics crate. It is defined here until it moves there.
-pub const INTAKE_TOPIC: &str = "tollway/local/v1/records";
+pub const INTAKE_TOPIC: &str = tollway_topics::LOCAL_RECORDS_TOPIC;
 
 /// Largest packet size a configuration may set, in bytes.
 pub const MAX_PACKET_BYTES_LIMIT: usize = 1024 * 1024;

@@ -18,7 +18,9 @@ use tollway_topics::limits::{MAX_BATCH_BYTES, MAX_RECORDS_PER_BATCH, MAX_SMALL_M
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboxConfig {
-    /// RocksDB directory. It contains one node's outbox only.
+    /// RocksDB directory. It contains one node's outbox only. The daemon
+    /// fills an empty path with `outbox/` under its data directory.
+    #[serde(default)]
     pub path: PathBuf,
 
     /// Cap on undelivered records, in bytes of stored keys and values. When

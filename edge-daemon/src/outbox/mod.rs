@@ -10,6 +10,10 @@
 //! fails with [`OutboxError::Backpressure`] and stored records are never
 //! dropped to make room.
 //!
+//! The outbox also keeps an hourly tally per gantry (count, fee sum, first
+//! and last seq), written with the records it counts (see `summary`), from
+//! which the daemon publishes its hourly summaries.
+//!
 //! Writes go through one writer thread with group commit (see `writer`).
 //! Reads run on the caller's thread against RocksDB directly and block it
 //! briefly, so async callers with large reads should use `spawn_blocking`.
@@ -17,6 +21,7 @@
 mod config;
 mod error;
 mod store;
+mod summary;
 mod writer;
 
 use std::path::Path;
@@ -27,14 +32,15 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use rocksdb::{Cache, ColumnFamilyDescriptor, DB, WriteBatch, WriteOptions};
-use tokio::sync::{mpsc, oneshot};
-use tollway_topics::{Compression, Message, NodeId, RecordBatch, TollRecord};
+use tokio::sync::{mpsc, oneshot, watch};
+use tollway_topics::{Compression, HourlySummary, Message, NodeId, RecordBatch, TollRecord};
 
 pub use config::{BATCH_OVERHEAD_BYTES, BatchLimits, MAX_APPEND_RECORDS, OutboxConfig};
 pub use error::OutboxError;
 pub use writer::{PruneReport, SeqRange};
 
 use store::{COUNTERS_KEY, Counters, NODE_KEY, RECORDS_CF};
+use summary::{RecordTally, SUMMARIES_CF};
 use writer::{AppendRequest, Request, Writer, WriterLimits};
 
 /// Handle to an open outbox. Dropping it lets the writer thread finish the
@@ -48,6 +54,8 @@ pub struct Outbox {
     requests: Option<mpsc::Sender<Request>>,
     /// Counters as of the last successful write, published by the writer.
     counters: Arc<Mutex<Counters>>,
+    /// The last appended seq, updated by the writer after each write.
+    appended: watch::Receiver<u64>,
     writer: Option<JoinHandle<()>>,
 }
 
@@ -99,6 +107,7 @@ impl Outbox {
                 config.cf_options(&cache),
             ),
             ColumnFamilyDescriptor::new(RECORDS_CF, config.cf_options(&cache)),
+            ColumnFamilyDescriptor::new(SUMMARIES_CF, config.cf_options(&cache)),
         ];
         let db = DB::open_cf_descriptors(&config.db_options(), &config.path, families).map_err(
             |source| OutboxError::Open {
@@ -120,6 +129,7 @@ impl Outbox {
         let db = Arc::new(db);
         let shared = Arc::new(Mutex::new(counters));
         let (requests_tx, requests_rx) = mpsc::channel(config.max_queued_appends);
+        let (appended_tx, appended_rx) = watch::channel(counters.last_appended());
         let writer = Writer {
             node: node.clone(),
             db: Arc::clone(&db),
@@ -132,6 +142,7 @@ impl Outbox {
             },
             counters,
             shared: Arc::clone(&shared),
+            appended: appended_tx,
         };
         let handle = std::thread::Builder::new()
             .name("outbox-writer".to_string())
@@ -147,6 +158,7 @@ impl Outbox {
             max_undelivered_bytes: config.max_undelivered_bytes,
             requests: Some(requests_tx),
             counters: shared,
+            appended: appended_rx,
             writer: Some(handle),
         })
     }
@@ -206,6 +218,7 @@ impl Outbox {
         let request = Request::Append(AppendRequest {
             accepted_at_ms: store::unix_ms(SystemTime::now()),
             encoded,
+            tallies: records.iter().map(RecordTally::of).collect(),
             reply: reply_tx,
         });
         self.send(request).await?;
@@ -319,6 +332,60 @@ impl Outbox {
             records,
             compression: Compression::None,
         })
+    }
+
+    /// Returns a receiver of the last appended seq, which changes after
+    /// every group commit that appended records.
+    pub fn appended(&self) -> watch::Receiver<u64> {
+        self.appended.clone()
+    }
+
+    /// Returns the hourly summaries of every gantry in `hour_batch`.
+    pub fn summaries_of_hour(&self, hour_batch: u32) -> Result<Vec<HourlySummary>, OutboxError> {
+        let mut summaries = Vec::new();
+        summary::scan_tallies(&self.db, &self.node, hour_batch, |stored| {
+            if stored.hour_batch != hour_batch {
+                return false;
+            }
+            summaries.push(stored.summary());
+            true
+        })?;
+        Ok(summaries)
+    }
+
+    /// Returns up to `limit` summaries of hours before `before_hour` that
+    /// changed since they were last published (or were never published),
+    /// oldest hour first.
+    pub fn unpublished_summaries(
+        &self,
+        before_hour: u32,
+        limit: usize,
+    ) -> Result<Vec<HourlySummary>, OutboxError> {
+        let mut summaries = Vec::new();
+        summary::scan_tallies(&self.db, &self.node, 0, |stored| {
+            if stored.hour_batch >= before_hour || summaries.len() >= limit {
+                return false;
+            }
+            if stored.tally.published_count != stored.tally.count {
+                summaries.push(stored.summary());
+            }
+            true
+        })?;
+        Ok(summaries)
+    }
+
+    /// Stores that `summary` was published, so it is not due again until
+    /// more records of its gantry and hour arrive.
+    pub async fn mark_summary_published(&self, summary: &HourlySummary) -> Result<(), OutboxError> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.send(Request::MarkPublished {
+            hour_batch: summary.hour_batch,
+            gantry_id: summary.gantry_id.clone(),
+            count: summary.count,
+            reply: reply_tx,
+        })
+        .await?;
+        reply_rx.await.map_err(|_| self.closed())?
     }
 
     /// Returns the outbox's position and size; `now` dates the oldest

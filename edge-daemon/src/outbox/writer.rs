@@ -1,5 +1,5 @@
-//! The outbox's single writer thread: group commit of appends, the delivery
-//! watermark and retention pruning.
+//! The outbox's single writer thread: group commit of appends with their
+//! hourly tallies, the delivery watermark and retention pruning.
 //!
 //! Every change to the database goes through this thread, so sequence
 //! numbers and counters have one owner and need no lock while a write is
@@ -12,11 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use rocksdb::{DB, WriteBatch, WriteOptions};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tollway_topics::NodeId;
 
 use super::error::OutboxError;
 use super::store::{self, COUNTERS_KEY, Counters, record_key, record_value, stored_size, unix_ms};
+use super::summary::{self, RecordTally, TallyUpdate};
 
 /// A request to the writer. The sender of each reply is dropped only after
 /// the reply is sent, so a closed reply channel means the writer stopped.
@@ -30,12 +31,22 @@ pub(crate) enum Request {
         now: SystemTime,
         reply: oneshot::Sender<Result<PruneReport, OutboxError>>,
     },
+    /// Records that the tally of `gantry_id` in `hour_batch` was published
+    /// with `count` records.
+    MarkPublished {
+        hour_batch: u32,
+        gantry_id: String,
+        count: u64,
+        reply: oneshot::Sender<Result<(), OutboxError>>,
+    },
 }
 
 /// Records encoded by the caller, waiting for sequence numbers.
 pub(crate) struct AppendRequest {
     pub accepted_at_ms: u64,
     pub encoded: Vec<Vec<u8>>,
+    /// The tally fields of each record, in the order of `encoded`.
+    pub tallies: Vec<RecordTally>,
     pub reply: oneshot::Sender<Result<SeqRange, OutboxError>>,
 }
 
@@ -98,6 +109,9 @@ pub(crate) struct Writer {
     pub counters: Counters,
     /// Counters published for readers after every successful write.
     pub shared: Arc<Mutex<Counters>>,
+    /// The last appended seq, sent after every successful write so the
+    /// uplink learns of new records without polling.
+    pub appended: watch::Sender<u64>,
 }
 
 impl Writer {
@@ -145,17 +159,28 @@ impl Writer {
                 Request::Prune { now, reply } => {
                     let _ = reply.send(self.prune(now));
                 }
+                Request::MarkPublished {
+                    hour_batch,
+                    gantry_id,
+                    count,
+                    reply,
+                } => {
+                    let _ = reply.send(self.mark_published(hour_batch, &gantry_id, count));
+                }
             }
         }
         tracing::debug!(node = %self.node, "outbox writer stopped");
     }
 
-    /// Assigns sequence numbers to a group of appends and commits them with
-    /// one synced write. An append that would pass the disk cap fails with
-    /// back-pressure and takes no sequence numbers.
+    /// Assigns sequence numbers to a group of appends and commits them,
+    /// with the hourly tallies they change, in one synced write. An append
+    /// that would pass the disk cap fails with back-pressure and takes no
+    /// sequence numbers.
     fn commit_group(&mut self, group: Vec<AppendRequest>) {
         let mut counters = self.counters;
         let mut batch = WriteBatch::default();
+        let mut tallies = TallyUpdate::default();
+        let mut tally_error = None;
         let mut accepted = Vec::with_capacity(group.len());
         let Ok(records_cf) = store::records_cf(&self.db, &self.node) else {
             return self.fail_group(group, counters);
@@ -175,9 +200,12 @@ impl Writer {
             }
 
             let first = counters.next_seq;
-            for cbor in &request.encoded {
+            for (cbor, tally) in request.encoded.iter().zip(&request.tallies) {
                 let value = record_value(request.accepted_at_ms, cbor);
                 batch.put_cf(records_cf, record_key(counters.next_seq), value);
+                if let Err(err) = tallies.count(&self.db, &self.node, counters.next_seq, tally) {
+                    tally_error.get_or_insert(err);
+                }
                 counters.next_seq += 1;
             }
             counters.retained_bytes += request_bytes;
@@ -189,6 +217,25 @@ impl Writer {
             accepted.push((request.reply, range));
         }
         if accepted.is_empty() {
+            return;
+        }
+        if tally_error.is_none()
+            && let Err(err) = tallies.write_into(&self.db, &self.node, &mut batch)
+        {
+            tally_error = Some(err);
+        }
+        if let Some(err) = tally_error {
+            // Nothing was written, so no seq was used: fail the appends and
+            // let the callers retry.
+            tracing::error!(node = %self.node, error = %err, "hourly tally update failed; group not committed");
+            let problem = err.to_string();
+            for (reply, range) in accepted {
+                let _ = reply.send(Err(OutboxError::Inconsistent {
+                    node: self.node.clone(),
+                    seq: range.first,
+                    problem: problem.clone(),
+                }));
+            }
             return;
         }
 
@@ -335,6 +382,7 @@ impl Writer {
                 record_key(counters.first_retained),
                 record_key(cut),
             );
+            self.prune_tallies(&mut batch, cut)?;
             let first = counters.first_retained;
             counters.first_retained = cut;
             counters.retained_bytes = counters.retained_bytes.saturating_sub(freed_bytes);
@@ -356,6 +404,59 @@ impl Writer {
         })
     }
 
+    /// Adds to `batch` the deletion of every published tally whose records
+    /// all lie below `cut`, the first seq kept after a prune.
+    ///
+    /// NOTE: a record that arrives for such an hour after the prune starts a
+    /// new tally that counts only the late records, so the centre receives a
+    /// second, smaller summary for an hour it already closed.
+    fn prune_tallies(&self, batch: &mut WriteBatch, cut: u64) -> Result<(), OutboxError> {
+        let cf = summary::summaries_cf(&self.db, &self.node)?;
+        let mut expired = Vec::new();
+        summary::scan_tallies(&self.db, &self.node, 0, |stored| {
+            let published = stored.tally.published_count == stored.tally.count;
+            if published && stored.tally.last_seq < cut {
+                expired.push(summary::tally_key(stored.hour_batch, &stored.gantry_id));
+            }
+            true
+        })?;
+        for key in expired {
+            batch.delete_cf(cf, key);
+        }
+        Ok(())
+    }
+
+    /// Stores that the tally of `gantry_id` in `hour_batch` was published
+    /// when it counted `count` records. A tally that has grown since stays
+    /// due for publishing.
+    fn mark_published(
+        &mut self,
+        hour_batch: u32,
+        gantry_id: &str,
+        count: u64,
+    ) -> Result<(), OutboxError> {
+        let Some(mut tally) = summary::get_tally(&self.db, &self.node, hour_batch, gantry_id)?
+        else {
+            return Ok(());
+        };
+        tally.published_count = count;
+        let cf = summary::summaries_cf(&self.db, &self.node)?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            cf,
+            summary::tally_key(hour_batch, gantry_id),
+            summary::encode_tally(&tally),
+        );
+        let counters = self.counters;
+        self.write(batch, counters)
+            .map_err(|source| OutboxError::Write {
+                node: self.node.clone(),
+                first_seq: tally.first_seq,
+                last_seq: tally.last_seq,
+                source,
+            })
+    }
+
     /// Writes `batch` plus the new counters with a synced WAL write, then
     /// publishes the counters. Nothing changes in memory when it fails.
     fn write(&mut self, mut batch: WriteBatch, counters: Counters) -> Result<(), rocksdb::Error> {
@@ -370,6 +471,12 @@ impl Writer {
             .shared
             .lock()
             .unwrap_or_else(|poison| poison.into_inner()) = counters;
+        let last_appended = counters.last_appended();
+        self.appended.send_if_modified(|seq| {
+            let changed = *seq != last_appended;
+            *seq = last_appended;
+            changed
+        });
         Ok(())
     }
 }
