@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use serde::Deserialize;
+use tollway_edge::apps::{self, AppsConfig, AppsReport};
 use tollway_edge::intake::{Intake, IntakeConfig};
 use tollway_edge::outbox::{Outbox, OutboxConfig};
 use tollway_edge::retention::run_retention;
@@ -33,6 +34,9 @@ struct Config {
     outbox: OutboxConfig,
     #[serde(default)]
     intake: IntakeConfig,
+    /// App manager: Podman socket, reconcile interval, stop timeout, back-offs.
+    #[serde(default)]
+    apps: AppsConfig,
     /// Seconds between retention prunes of delivered records. Default 300.
     #[serde(default = "default_prune_interval_s")]
     prune_interval_s: u64,
@@ -106,6 +110,13 @@ fn validate(config: &Config) -> Result<NodeId, Vec<String>> {
             .into_iter()
             .map(|p| format!("intake: {p}")),
     );
+    problems.extend(
+        config
+            .apps
+            .problems()
+            .into_iter()
+            .map(|p| format!("apps: {p}")),
+    );
     if config.prune_interval_s == 0 {
         problems.push("prune_interval_s must be at least 1".to_string());
     }
@@ -128,6 +139,24 @@ async fn serve(node: NodeId, config: Config) -> anyhow::Result<()> {
         "retention",
         run_retention(Arc::clone(&outbox), interval, shutdown.token()),
     );
+
+    // The MQTT link feeds the desired-state inbox and reads the report; until
+    // it runs, the app manager runs the stored desired state.
+    let (_desired_inbox, desired_outlet) = tokio::sync::watch::channel(None);
+    let (report_writer, _report_reader) = tokio::sync::watch::channel(AppsReport::default());
+    let apps_task = apps::run(
+        config.apps,
+        outbox.node().clone(),
+        outbox.database(),
+        desired_outlet,
+        report_writer,
+        shutdown.token(),
+    );
+    shutdown.spawn("apps", async move {
+        if let Err(err) = apps_task.await {
+            tracing::error!(error = %err, "app manager stopped on an error");
+        }
+    });
 
     let ended_early = shutdown.run_until_stopped(SHUTDOWN_DEADLINE).await;
     // The outbox closes when the last handle is dropped, after the tasks.
