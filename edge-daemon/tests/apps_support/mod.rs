@@ -164,6 +164,11 @@ impl TestNode {
         .await
     }
 
+    /// The node's outbox, for an intake next to the app manager.
+    pub fn outbox(&self) -> Arc<Outbox> {
+        Arc::clone(self.outbox.as_ref().expect("node is running"))
+    }
+
     /// Ids of this node's containers, as Podman lists them.
     pub fn containers(&self) -> Vec<String> {
         podman::containers_labelled(NODE, self.node.as_str())
