@@ -140,7 +140,7 @@ async fn invalid_desired_state_is_rejected() {
         .await;
     assert_eq!(report.generation, 1);
 
-    // An older generation is ignored, whatever it says.
+    // An older or equal generation is ignored, whatever it contains.
     node.send(&desired(1, Vec::new()));
     node.send(&desired(0, Vec::new()));
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;

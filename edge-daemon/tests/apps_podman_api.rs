@@ -2,10 +2,10 @@
 //! host (4.3.1 when written) for the calls the app manager makes, and that
 //! the raw-JSON fallback reads the container list the same way.
 //!
-//! When written, every call the manager makes decoded; the fallback exists
-//! for the list because its model is the one most likely to drift between
-//! Podman releases. If a Podman or crate upgrade breaks a decode, the
-//! matching assertion here fails and names the call.
+//! With Podman 4.3.1, every call the manager makes decoded. The raw
+//! fallback covers the container list, which every reconcile pass needs.
+//! If a Podman or crate upgrade breaks a decode, the matching assertion
+//! here fails and names the call.
 
 use podman_api::Podman;
 use podman_api::opts::{ContainerListFilter, ContainerListOpts};

@@ -28,7 +28,10 @@ const SWITCHES: usize = 12;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark; run with --run-ignored only"]
 async fn switch_interruption() {
-    let versions = [podman::toll_app_image("1.0.0"), podman::toll_app_image("1.1.0")];
+    let versions = [
+        podman::toll_app_image("1.0.0"),
+        podman::toll_app_image("1.1.0"),
+    ];
     let mut node = TestNode::start("bench", test_config());
     let counts_dir = tempfile::tempdir().unwrap();
 
@@ -49,8 +52,10 @@ async fn switch_interruption() {
         let mut spec = toll_app(&versions[index % 2]);
         spec.next_image = Some(versions[(index + 1) % 2].clone());
         spec.env.insert("TOLL_APP_RATE".into(), "100".into());
-        spec.env.insert("TOLL_APP_INTAKE".into(), intake_addr.to_string());
-        spec.env.insert("TOLL_APP_COUNTS_DIR".into(), "/data".into());
+        spec.env
+            .insert("TOLL_APP_INTAKE".into(), intake_addr.to_string());
+        spec.env
+            .insert("TOLL_APP_COUNTS_DIR".into(), "/data".into());
         spec.mounts.push(Mount {
             source: counts_dir.path().display().to_string(),
             target: "/data".into(),
@@ -61,12 +66,18 @@ async fn switch_interruption() {
     let version_of = |index: usize| versions[index % 2].rsplit(':').next().unwrap().to_string();
 
     node.send(&desired(1, vec![spec_for(0)]));
-    node.wait_for("first version running with its next image ready", |report| {
-        report.generation == 1
-            && app_status(report, "toll-app").is_some_and(|s| s.next_image_ready)
+    node.wait_for(
+        "first version running with its next image ready",
+        |report| {
+            report.generation == 1
+                && app_status(report, "toll-app").is_some_and(|s| s.next_image_ready)
+        },
+    )
+    .await;
+    wait_counts(counts_dir.path(), &version_of(0), 0, |c| {
+        c["acked"].as_u64() > Some(50)
     })
     .await;
-    wait_counts(counts_dir.path(), &version_of(0), 0, |c| c["acked"].as_u64() > Some(50)).await;
 
     let mut gaps_ms = Vec::new();
     for switch in 1..=SWITCHES {
@@ -80,7 +91,8 @@ async fn switch_interruption() {
             c["stopped"] == true
         })
         .await;
-        let gap = new["first_ack_ms"].as_u64().unwrap() as i64 - old["last_ack_ms"].as_u64().unwrap() as i64;
+        let gap = new["first_ack_ms"].as_u64().unwrap() as i64
+            - old["last_ack_ms"].as_u64().unwrap() as i64;
         println!(
             "switch {switch:2}: {} -> {}: interruption {gap} ms (old acked {}, pending at exit {})",
             version_of(switch - 1),
@@ -119,7 +131,9 @@ async fn wait_counts(
     loop {
         if let Ok(text) = std::fs::read(&path)
             && let Ok(counts) = serde_json::from_slice::<serde_json::Value>(&text)
-            && counts["started_ms"].as_u64().is_some_and(|at| at + 1000 >= started_after_ms)
+            && counts["started_ms"]
+                .as_u64()
+                .is_some_and(|at| at + 1000 >= started_after_ms)
             && done(&counts)
         {
             return counts;
@@ -135,5 +149,8 @@ async fn wait_counts(
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }

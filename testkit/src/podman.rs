@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
 
-/// The socket of Podman's REST API. Tests need `TOLLWAY_PODMAN_SOCKET`
-/// (printed by `scripts/podman-service start`).
+/// Returns the socket of Podman's REST API from `TOLLWAY_PODMAN_SOCKET`,
+/// which `scripts/podman-service start` prints.
 pub fn socket() -> PathBuf {
     let socket = std::env::var_os("TOLLWAY_PODMAN_SOCKET").expect(
         "TOLLWAY_PODMAN_SOCKET is not set; run `export TOLLWAY_PODMAN_SOCKET=$(scripts/podman-service start)`",
@@ -28,8 +28,8 @@ pub fn workspace_root() -> PathBuf {
 static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 /// Returns `localhost/tollway/toll-app:VERSION`, building it through the
-/// script when it is missing. An existing image is used as it is, because
-/// tests run in parallel processes and the script compiles; `scripts/test`
+/// script when it is missing. Tests run in parallel processes and the
+/// script compiles, so an existing image is used as it is. `scripts/test`
 /// rebuilds the images from the current source before the tests.
 pub fn toll_app_image(version: &str) -> String {
     let image = format!("localhost/tollway/toll-app:{version}");

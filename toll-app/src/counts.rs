@@ -14,7 +14,7 @@ use serde::Serialize;
 pub struct Counts {
     /// Image version the app was started as (`TOLL_APP_VERSION`).
     pub version: String,
-    /// Wall-clock start of this run, Unix milliseconds; tells runs apart.
+    /// Wall-clock start of this run, in Unix milliseconds. It distinguishes runs.
     pub started_ms: u64,
     /// Records generated.
     pub produced: u64,

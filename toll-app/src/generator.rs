@@ -168,7 +168,8 @@ impl Generator {
         km * fen_per_km
     }
 
-    /// An OBU serial or CPC card id: the province code in the top byte pair.
+    /// Draws an OBU serial or CPC card id with the province code in the top
+    /// two bytes.
     fn media_id(&mut self, media_type: MediaType) -> u64 {
         let kind: u64 = match media_type {
             MediaType::Obu => 0x23,

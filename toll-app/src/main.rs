@@ -1,10 +1,10 @@
 //! `tollway-toll-app`: a gantry simulator that produces toll transactions at
 //! a set rate and hands them to the edge daemon's local intake.
 //!
-//! It runs as PID 1 in a scratch container, so it installs its own SIGTERM
-//! and SIGINT handlers (PID 1 gets no default action for them): on the
-//! first signal it stops producing, waits briefly for outstanding PUBACKs,
-//! writes its final counts and exits. Records still unacknowledged at exit
+//! It runs as PID 1 in a scratch container, where the kernel applies no
+//! default action to SIGTERM and SIGINT, so it installs its own handlers.
+//! On the first signal it stops producing, waits briefly for outstanding
+//! PUBACKs, writes its final counts and exits. Records still unacknowledged at exit
 //! are counted as `pending` in the counts file and the log.
 
 mod counts;

@@ -1,7 +1,7 @@
 //! Hands records to the edge daemon's intake over MQTT 3.1.1 with QoS 1 and
 //! keeps every record until its PUBACK arrives.
 //!
-//! rumqttc's own queue is not trusted: it forgets unacknowledged publishes
+//! rumqttc's own queue is not trusted: it drops unacknowledged publishes
 //! when a reconnect starts a clean session. The publisher therefore keeps
 //! each record it produced in its own queue until the intake acknowledged
 //! it, and after a connection error it rebuilds the client and sends every
@@ -36,7 +36,7 @@ struct Held {
     payload: Vec<u8>,
 }
 
-/// What one poll of the connection produced.
+/// The result of one poll of the connection.
 #[derive(Debug)]
 pub enum Progress {
     Connected,
@@ -172,6 +172,6 @@ fn connect(config: &PublisherConfig) -> (AsyncClient, EventLoop) {
     options.set_keep_alive(Duration::from_secs(10));
     options.set_clean_session(true);
     options.set_inflight(config.max_inflight);
-    // The client's request channel holds at most one window of records.
+    // The client's request channel has room for one window of records.
     AsyncClient::new(options, usize::from(config.max_inflight) + 1)
 }

@@ -37,10 +37,10 @@ pub struct AppsConfig {
     #[serde(default = "default_pull_backoff")]
     pub pull_backoff: BackoffConfig,
 
-    /// Network of every app container: `host` (default) shares the node's
+    /// Network of every app container. `host` (default) shares the node's
     /// network, so apps reach the intake on 127.0.0.1 and ports need no
-    /// mapping (an app's `ports` are then ignored); `bridge` gives each app
-    /// its own network namespace with its `ports` published.
+    /// mapping. An app's `ports` are then ignored. `bridge` gives each app
+    /// its own network namespace and publishes its `ports`.
     #[serde(default)]
     pub network: NetworkMode,
 

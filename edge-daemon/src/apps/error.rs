@@ -36,7 +36,7 @@ pub enum DesiredError {
     Invalid {
         node: NodeId,
         #[source]
-        source: DecodeError,
+        source: Box<DecodeError>,
     },
 
     #[error("node {node}: cannot store desired state generation {generation}: {source}")]

@@ -1,5 +1,5 @@
 //! The labels that mark a container as one of this node's apps, and the
-//! spec hash that tells whether a container still matches its app's spec.
+//! spec hash that shows whether a container still matches its app's spec.
 //!
 //! Several daemons can share one Podman host (in tests and the demo), so
 //! every container the daemon creates carries the managed-by label and its

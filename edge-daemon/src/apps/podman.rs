@@ -34,7 +34,7 @@ pub struct ManagedContainer {
     pub state: RunState,
 }
 
-/// What a container is doing.
+/// The run state of a container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunState {
     /// Created but never started.

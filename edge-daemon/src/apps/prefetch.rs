@@ -16,7 +16,7 @@ use tollway_runtime::{Backoff, BackoffConfig};
 
 use super::podman::PodmanClient;
 
-/// The state of one image's pull, as the reconciler sees it.
+/// The state of one image's pull, as the reconciler reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PullStatus {
     /// A pull runs.

@@ -11,7 +11,7 @@ use tollway_runtime::{Backoff, BackoffConfig};
 /// A run this long after a restart counts as stable and resets the back-off.
 const STABLE_RUN: Duration = Duration::from_secs(60);
 
-/// What to do with an exited container.
+/// The decision about an exited container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RestartDecision {
     /// Its back-off has passed: start it now.

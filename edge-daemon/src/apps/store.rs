@@ -14,7 +14,7 @@ use crate::outbox::DESIRED_CF;
 /// Key of the one stored document.
 const DESIRED_KEY: &[u8] = b"current";
 
-/// What [`DesiredStore::offer`] did with a received document.
+/// The outcome of [`DesiredStore::offer`] for a received document.
 #[derive(Debug)]
 pub enum Offer {
     /// The document is newer than the stored one and is now stored.
@@ -67,7 +67,7 @@ impl DesiredStore {
     pub fn offer(&mut self, payload: &[u8]) -> Result<Offer, DesiredError> {
         let state = DesiredState::from_cbor(payload).map_err(|source| DesiredError::Invalid {
             node: self.node.clone(),
-            source,
+            source: Box::new(source),
         })?;
         if state.generation <= self.stored_generation {
             return Ok(Offer::Stale {

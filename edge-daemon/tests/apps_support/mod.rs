@@ -44,8 +44,9 @@ pub fn test_config() -> AppsConfig {
     }
 }
 
-/// The toll app with the given image. It finds no intake on the default
-/// port in most tests and keeps retrying, which is enough to stay running.
+/// Returns the toll app spec with the given image. In most tests the app
+/// finds no intake on the default port and keeps retrying, so it stays
+/// running.
 pub fn toll_app(image: &str) -> AppSpec {
     AppSpec {
         name: ObjectName::new("toll-app").expect("valid name"),
@@ -164,7 +165,7 @@ impl TestNode {
         .await
     }
 
-    /// The node's outbox, for an intake next to the app manager.
+    /// Returns the node's outbox, for an intake next to the app manager.
     pub fn outbox(&self) -> Arc<Outbox> {
         Arc::clone(self.outbox.as_ref().expect("node is running"))
     }
