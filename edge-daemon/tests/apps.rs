@@ -9,9 +9,11 @@ mod apps_support;
 
 use apps_support::*;
 use tollway_edge::apps::{APP, MANAGED_BY, NODE, SPEC_HASH};
+use tollway_edge::intake::{Intake, IntakeConfig};
+use tollway_edge::outbox::BatchLimits;
 use tollway_testkit::podman;
 use tollway_topics::wire::MapWriter;
-use tollway_topics::{AppState, RestartPolicy};
+use tollway_topics::{AppState, Mount, RestartPolicy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_creates_labelled_container() {
@@ -284,4 +286,103 @@ async fn crash_restarts_with_backoff() {
         })
         .await;
     assert_eq!(app_status(&report, "toll-app").unwrap().restarts, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_image_reported_as_failed() {
+    let mut node = TestNode::start("missing", test_config());
+    // No registry answers for localhost, so the pull fails.
+    node.send(&desired(
+        1,
+        vec![toll_app("localhost/tollway/no-such-app:0.0.1")],
+    ));
+    let report = node
+        .wait_for("a failed pull", |report| {
+            app_status(report, "toll-app").is_some_and(|s| {
+                s.state == AppState::Failed
+                    && s.reason.as_deref().is_some_and(|r| r.contains("pull"))
+            })
+        })
+        .await;
+    assert_eq!(report.generation, 1);
+    assert!(
+        node.containers().is_empty(),
+        "a container was created without its image"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toll_app_records_reach_intake() {
+    let image = podman::toll_app_image("1.0.0");
+    let mut node = TestNode::start("records", test_config());
+    let outbox = node.outbox();
+    let intake = Intake::bind(
+        IntakeConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..IntakeConfig::default()
+        },
+        std::sync::Arc::clone(&outbox),
+    )
+    .await
+    .expect("intake binds");
+    let intake_addr = intake.local_addr().unwrap();
+    let stop_intake = tollway_runtime::CancellationToken::new();
+    let intake_task = tokio::spawn(intake.run(stop_intake.clone()));
+
+    let counts_dir = tempfile::tempdir().unwrap();
+    let mut spec = toll_app(&image);
+    spec.env.insert("TOLL_APP_RATE".into(), "50".into());
+    spec.env
+        .insert("TOLL_APP_INTAKE".into(), intake_addr.to_string());
+    spec.env
+        .insert("TOLL_APP_COUNTS_DIR".into(), "/data".into());
+    spec.mounts.push(Mount {
+        source: counts_dir.path().display().to_string(),
+        target: "/data".into(),
+        read_only: false,
+    });
+    node.send(&desired(1, vec![spec]));
+    node.wait_running(1, "toll-app").await;
+
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while outbox.stats(std::time::SystemTime::now()).unwrap().next_seq <= 20 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fewer than 20 records reached the outbox"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // Removing the app stops it with SIGTERM; its handler writes final counts.
+    node.send(&desired(2, Vec::new()));
+    node.wait_for("app removed", |report| report.generation == 2)
+        .await;
+    let counts_path = counts_dir.path().join("counts-1.0.0.json");
+    let counts: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&counts_path).expect("counts file written")).unwrap();
+    assert_eq!(
+        counts["stopped"], true,
+        "no final counts after SIGTERM: {counts}"
+    );
+    let acked = counts["acked"].as_u64().unwrap();
+    let stored = outbox.stats(std::time::SystemTime::now()).unwrap().next_seq - 1;
+    assert!(acked >= 20, "counts: {counts}");
+    // Every acknowledged record is in the outbox; a record can be stored
+    // without its PUBACK reaching the app before it stopped.
+    assert!(
+        stored >= acked,
+        "outbox holds {stored} records, app saw {acked} acknowledged"
+    );
+
+    let batch = outbox
+        .read_range(1, stored.min(500), BatchLimits::default())
+        .expect("records read back");
+    assert!(!batch.records.is_empty());
+    for record in &batch.records {
+        assert_eq!(record.fee, record.pay_fee + record.discount_fee);
+        assert!(!record.plate.is_empty());
+    }
+
+    stop_intake.cancel();
+    let _ = intake_task.await;
 }

@@ -51,18 +51,14 @@ pub async fn run(
     let mut link_open = true;
 
     loop {
+        // A pass can wait on Podman for up to its call timeout, so shutdown
+        // cancels it. A container created but not yet started is started by
+        // the next pass after a restart.
         let next_pass = match &desired {
-            Some(state) => {
-                pass(
-                    &node,
-                    &mut reconciler,
-                    state,
-                    &mut report,
-                    &mut retry,
-                    interval,
-                )
-                .await
-            }
+            Some(state) => tokio::select! {
+                _ = cancel.cancelled() => break,
+                next = pass(&node, &mut reconciler, state, &mut report, &mut retry, interval) => next,
+            },
             None => Instant::now() + interval,
         };
         publish(&writer, &report);
