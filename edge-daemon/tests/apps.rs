@@ -181,8 +181,8 @@ async fn two_nodes_touch_only_their_own() {
     second.send(&desired(1, vec![toll_app(&image)]));
     first.wait_running(1, "toll-app").await;
     second.wait_running(1, "toll-app").await;
-    let kept = second.containers();
-    assert_eq!(kept.len(), 1);
+    let second_containers = second.containers();
+    assert_eq!(second_containers.len(), 1);
 
     // The first node drops its app: only its own container goes.
     first.send(&desired(2, Vec::new()));
@@ -203,7 +203,7 @@ async fn two_nodes_touch_only_their_own() {
         kept,
         "second node's container was touched"
     );
-    assert_eq!(inspect(&kept[0], "{{.State.Status}}"), "running");
+    assert_eq!(inspect(&second_containers[0], "{{.State.Status}}"), "running");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,7 +291,7 @@ async fn crash_restarts_with_backoff() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_image_reported_as_failed() {
     let mut node = TestNode::start("missing", test_config());
-    // No registry answers for localhost, so the pull fails.
+    // No registry listens on localhost, so the pull fails.
     node.send(&desired(
         1,
         vec![toll_app("localhost/tollway/no-such-app:0.0.1")],

@@ -20,6 +20,10 @@ use super::store::{DesiredStore, Offer, generation_of};
 
 /// Delay after a failed pass (Podman unreachable), rising to the reconcile
 /// interval.
+///
+/// NOTE: a crashed app is noticed by the next pass, up to one reconcile
+/// interval later, because the manager does not follow Podman's event
+/// stream.
 const RETRY_BASE: Duration = Duration::from_millis(500);
 
 /// Runs the app manager until `cancel` fires. Fails only when the stored

@@ -32,7 +32,10 @@ struct AppRestarts {
     last_restart: Option<Instant>,
 }
 
-/// Restart state of every app; forgotten when the daemon restarts.
+/// Restart state of every app.
+///
+/// NOTE: it lives in memory only, so a daemon restart resets the restart
+/// counts and back-off of every app.
 #[derive(Debug)]
 pub struct Restarts {
     config: BackoffConfig,
