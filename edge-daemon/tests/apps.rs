@@ -200,10 +200,13 @@ async fn two_nodes_touch_only_their_own() {
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     assert_eq!(
         second.containers(),
-        kept,
+        second_containers,
         "second node's container was touched"
     );
-    assert_eq!(inspect(&second_containers[0], "{{.State.Status}}"), "running");
+    assert_eq!(
+        inspect(&second_containers[0], "{{.State.Status}}"),
+        "running"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
