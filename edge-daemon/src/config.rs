@@ -9,6 +9,7 @@ use serde::Deserialize;
 use tollway_topics::limits::{MAX_LABELS, MAX_NAME_LEN, MAX_SHORT_TEXT_LEN};
 use tollway_topics::{NodeId, Province};
 
+use crate::apps::AppsConfig;
 use crate::commands::CommandsConfig;
 use crate::intake::IntakeConfig;
 use crate::link::LinkConfig;
@@ -34,10 +35,6 @@ pub struct EdgeConfig {
     /// it unless `outbox.path` is set, and free disk space in the
     /// status message is measured here.
     pub data_dir: PathBuf,
-    /// Podman's REST API socket, for the app manager. Default
-    /// `/run/podman/podman.sock`.
-    #[serde(default = "default_podman_socket")]
-    pub podman_socket: PathBuf,
     /// Seconds between retention prunes of delivered records. Default 300.
     #[serde(default = "default_prune_interval_s")]
     pub prune_interval_s: u64,
@@ -55,10 +52,10 @@ pub struct EdgeConfig {
     pub status: StatusConfig,
     #[serde(default)]
     pub summary: SummaryConfig,
-}
-
-fn default_podman_socket() -> PathBuf {
-    PathBuf::from("/run/podman/podman.sock")
+    /// The app manager: Podman socket, reconcile interval, stop timeout,
+    /// back-offs.
+    #[serde(default)]
+    pub apps: AppsConfig,
 }
 
 fn default_prune_interval_s() -> u64 {
@@ -108,6 +105,7 @@ impl EdgeConfig {
             ("commands", self.commands.problems()),
             ("status", self.status.problems()),
             ("summary", self.summary.problems()),
+            ("apps", self.apps.problems()),
         ];
         for (section, section_problems) in sections {
             problems.extend(

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use tokio::sync::{mpsc, watch};
-use tollway_edge::apps::AppsReport;
+use tollway_edge::apps::{self, AppsReport};
 use tollway_edge::commands::run_commands;
 use tollway_edge::config::{EdgeConfig, Identity};
 use tollway_edge::intake::Intake;
@@ -102,8 +102,7 @@ async fn serve(identity: Identity, config: EdgeConfig, tls: TlsFiles) -> anyhow:
 
     // The seam with the app manager: the link fills `desired_inbox`, the
     // app manager reads `desired_outlet` and writes `report_writer`, and
-    // the status task reads `report_reader`. Both ends live until the end
-    // of `serve`.
+    // the status task reads `report_reader`.
     let (desired_inbox, desired_outlet) = watch::channel(None);
     let (report_writer, report_reader) = watch::channel(AppsReport::default());
     let (commands_tx, commands_rx) = mpsc::channel(config.commands.queue);
@@ -173,8 +172,24 @@ async fn serve(identity: Identity, config: EdgeConfig, tls: TlsFiles) -> anyhow:
         run_retention(Arc::clone(&outbox), interval, shutdown.token()),
     );
 
+    // Until the link delivers a desired state, the app manager runs the
+    // one stored in the outbox's database, so a node that reboots offline
+    // starts its apps.
+    let apps_task = apps::run(
+        config.apps,
+        outbox.node().clone(),
+        outbox.database(),
+        desired_outlet,
+        report_writer,
+        shutdown.token(),
+    );
+    shutdown.spawn("apps", async move {
+        if let Err(err) = apps_task.await {
+            tracing::error!(error = %err, "app manager stopped on an error");
+        }
+    });
+
     let ended_early = shutdown.run_until_stopped(SHUTDOWN_DEADLINE).await;
-    drop((desired_outlet, report_writer));
     // The outbox closes when the last handle is dropped, after the tasks.
     drop(outbox);
     if ended_early.is_empty() {

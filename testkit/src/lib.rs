@@ -6,6 +6,8 @@
 //! a test that starts `tollway-broker` needs it built first; `cargo test
 //! --workspace` builds every program of the workspace before running tests.
 
+pub mod podman;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

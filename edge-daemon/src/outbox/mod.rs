@@ -39,6 +39,9 @@ pub use config::{BATCH_OVERHEAD_BYTES, BatchLimits, MAX_APPEND_RECORDS, OutboxCo
 pub use error::OutboxError;
 pub use writer::{PruneReport, SeqRange};
 
+/// Column family of the app manager's desired state (see `apps::store`).
+pub const DESIRED_CF: &str = "desired";
+
 use store::{COUNTERS_KEY, Counters, NODE_KEY, RECORDS_CF};
 use summary::{RecordTally, SUMMARIES_CF};
 use writer::{AppendRequest, Request, Writer, WriterLimits};
@@ -108,6 +111,9 @@ impl Outbox {
             ),
             ColumnFamilyDescriptor::new(RECORDS_CF, config.cf_options(&cache)),
             ColumnFamilyDescriptor::new(SUMMARIES_CF, config.cf_options(&cache)),
+            // The app manager keeps the node's desired state here, so both
+            // share one WAL and one set of files on the node.
+            ColumnFamilyDescriptor::new(DESIRED_CF, config.cf_options(&cache)),
         ];
         let db = DB::open_cf_descriptors(&config.db_options(), &config.path, families).map_err(
             |source| OutboxError::Open {
@@ -161,6 +167,12 @@ impl Outbox {
             appended: appended_rx,
             writer: Some(handle),
         })
+    }
+
+    /// Returns the database, for the app manager's [`DESIRED_CF`]. The
+    /// database stays open while any returned handle lives.
+    pub fn database(&self) -> Arc<DB> {
+        Arc::clone(&self.db)
     }
 
     pub fn node(&self) -> &NodeId {
