@@ -392,6 +392,20 @@ password_file = "/nonexistent/remote"
     }
 
     #[test]
+    fn example_config_parses() {
+        let text = include_str!("../../deploy/examples/bridge.toml");
+        let config = parse(text).unwrap();
+        assert_eq!(config.province.code(), 44);
+        assert_eq!(config.remote.addresses.len(), 3);
+        assert_eq!(config.bandwidth.up_bytes_per_second, 350_000);
+        // Only the files are missing on a build machine.
+        let err = config.validate(None).unwrap_err().to_string();
+        for line in err.lines().skip(1) {
+            assert!(line.contains("_file"), "{err}");
+        }
+    }
+
+    #[test]
     fn password_file_first_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("secret");
