@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use tollway_testkit::bridge::{BridgeFiles, BridgeSettings, bridge_state_topic};
-use tollway_testkit::collect::Collector;
+use tollway_testkit::collect::{Collector, Received};
 use tollway_testkit::gate::TcpGate;
 use tollway_testkit::mosquitto::MosquittoFiles;
 use tollway_testkit::*;
@@ -297,10 +297,11 @@ async fn state_goes_offline_on_stop_and_crash() {
         &[bridge_state_topic().as_str()],
     )
     .await;
-    let online_count = |watcher: &Collector, online: bool| {
-        payloads_on_raw(watcher, &bridge_state_topic())
+    let topic = bridge_state_topic();
+    let online_count = |received: &[Received], online: bool| {
+        received
             .iter()
-            .filter(|p| decode_state(p).online == online)
+            .filter(|m| m.topic == topic && decode_state(&m.payload).online == online)
             .count()
     };
 
@@ -308,7 +309,7 @@ async fn state_goes_offline_on_stop_and_crash() {
     let bridge = bridge_files.start();
     assert!(
         watcher
-            .wait_until(ARRIVAL, |_| online_count(&watcher, true) >= 1)
+            .wait_until(ARRIVAL, |r| online_count(r, true) >= 1)
             .await,
         "no online state"
     );
@@ -319,7 +320,7 @@ async fn state_goes_offline_on_stop_and_crash() {
     );
     assert!(
         watcher
-            .wait_until(ARRIVAL, |_| online_count(&watcher, false) >= 1)
+            .wait_until(ARRIVAL, |r| online_count(r, false) >= 1)
             .await,
         "no offline state after SIGTERM"
     );
@@ -328,15 +329,14 @@ async fn state_goes_offline_on_stop_and_crash() {
     let bridge = bridge_files.start();
     assert!(
         watcher
-            .wait_until(ARRIVAL, |_| online_count(&watcher, true) >= 2)
+            .wait_until(ARRIVAL, |r| online_count(r, true) >= 2)
             .await,
         "no online state after the restart"
     );
     drop(bridge);
     assert!(
         watcher
-            .wait_until(Duration::from_secs(90), |_| online_count(&watcher, false)
-                >= 2)
+            .wait_until(Duration::from_secs(90), |r| online_count(r, false) >= 2)
             .await,
         "no offline will after SIGKILL"
     );
@@ -523,7 +523,11 @@ async fn national_killed_mid_stream() {
 
     let before = Collector::start(
         service_options(&national, "ingest-before", Some(SERVICE_PASSWORD)),
-        &["tollway/v1/44/node/+/status", "tollway/v1/44/center/status"],
+        &[
+            "tollway/v1/44/node/+/status",
+            "tollway/v1/44/center/status",
+            "tollway/v1/44/node/+/cmd/result",
+        ],
     )
     .await;
     let local = Collector::start(
