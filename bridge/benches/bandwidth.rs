@@ -2,7 +2,7 @@
 //! and a `tollway-bridge` capped at 3 Mbit/s, all on loopback. Bulk
 //! traffic (`center/status`, 4 KB messages) is offered at 1.2 times the
 //! cap for 30 s, and a control message (`node/+/cmd/result`) is published
-//! every 1.5 s. The benchmark prints the average rate the national broker
+//! every 1.4 s. The benchmark prints the average rate the national broker
 //! received, its deviation from the cap, and the control latency (median
 //! over 20 messages, publish on the provincial broker to arrival at a
 //! national subscriber).
@@ -23,7 +23,7 @@ const CAP_BYTES_PER_SECOND: u64 = 3_000_000 / 8;
 const SATURATION: Duration = Duration::from_secs(30);
 const BULK_PAYLOAD: usize = 4000;
 const CONTROL_SAMPLES: usize = 20;
-const CONTROL_INTERVAL: Duration = Duration::from_millis(1500);
+const CONTROL_INTERVAL: Duration = Duration::from_millis(1400);
 /// The first seconds are left out of the rate: the bucket starts full.
 const WARM_UP: Duration = Duration::from_secs(2);
 
@@ -74,7 +74,7 @@ async fn run() {
     wait_for_bridge(&local, &arrivals).await;
     arrivals.lock().unwrap().clear();
 
-    // Offer bulk at 1.2 times the cap, and control every 1.5 s.
+    // Offer bulk at 1.2 times the cap, and control every 1.4 s.
     let started = Instant::now();
     let bulk_cost = publish_packet_bytes(BULK_TOPIC, BULK_PAYLOAD, 1);
     let bulk_interval =
@@ -174,7 +174,7 @@ fn report(
     );
     println!("  bulk messages           {bulk_sent} sent, {bulk_arrived} arrived");
     println!(
-        "  control latency         median {median:.0} ms, max {max:.0} ms, {} of {} arrived",
+        "  control latency         median {median:.1} ms, max {max:.1} ms, {} of {} arrived",
         latencies.len(),
         control_sent.len()
     );
