@@ -89,9 +89,9 @@ pub struct LaneSender {
 #[derive(Debug)]
 pub enum QueueError {
     /// The lane is full; the caller keeps the message and waits.
-    Full(Forward),
+    Full(Box<Forward>),
     /// The destination session has stopped (shutdown).
-    Closed(Forward),
+    Closed(Box<Forward>),
 }
 
 impl LaneSender {
@@ -107,8 +107,8 @@ impl LaneSender {
         self.lane(forward.lane)
             .try_send(forward)
             .map_err(|err| match err {
-                TrySendError::Full(forward) => QueueError::Full(forward),
-                TrySendError::Closed(forward) => QueueError::Closed(forward),
+                TrySendError::Full(forward) => QueueError::Full(Box::new(forward)),
+                TrySendError::Closed(forward) => QueueError::Closed(Box::new(forward)),
             })
     }
 
@@ -121,7 +121,7 @@ impl LaneSender {
                 permit.send(forward);
                 Ok(())
             }
-            Err(_) => Err(QueueError::Closed(forward)),
+            Err(_) => Err(QueueError::Closed(Box::new(forward))),
         }
     }
 
@@ -404,7 +404,7 @@ mod tests {
         // Once the pacer takes one, the waiting sender gets in.
         let waiting = {
             let sender = sender.clone();
-            tokio::spawn(async move { sender.send(rejected).await })
+            tokio::spawn(async move { sender.send(*rejected).await })
         };
         let mut order = Vec::new();
         for _ in 0..4 {

@@ -7,6 +7,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::lanes::LaneSender;
 use crate::rules::{Direction, Lane};
 
+/// A metric's name, Prometheus type, help text and the counter it reads.
+type Described<T> = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&T) -> &AtomicU64,
+);
+
 /// Counters of one MQTT session (`local`, `local-bulk` or `remote`).
 #[derive(Debug, Default)]
 pub struct SessionMetrics {
@@ -68,7 +76,7 @@ impl Metrics {
             ("local-bulk", &self.local_bulk),
             ("remote", &self.remote),
         ];
-        let session_metrics: [(&str, &str, &str, fn(&SessionMetrics) -> &AtomicU64); 6] = [
+        let session_metrics: [Described<SessionMetrics>; 6] = [
             (
                 "tollway_bridge_connected",
                 "gauge",
@@ -115,7 +123,7 @@ impl Metrics {
         }
 
         let directions = [("up", &self.up), ("down", &self.down)];
-        let direction_metrics: [(&str, &str, &str, fn(&DirectionMetrics) -> &AtomicU64); 4] = [
+        let direction_metrics: [Described<DirectionMetrics>; 4] = [
             (
                 "tollway_bridge_forwarded_total",
                 "counter",

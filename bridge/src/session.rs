@@ -441,7 +441,7 @@ impl Session {
                     lane = forward.lane.label(),
                     "lane full; holding messages and no longer acknowledging the source"
                 );
-                self.pending.push_back(forward);
+                self.pending.push_back(*forward);
             }
             // The other session stopped: the bridge is shutting down, and
             // the source broker delivers the unacknowledged message again.
@@ -455,7 +455,7 @@ impl Session {
             match self.links.to_peer.try_send(forward) {
                 Ok(()) => {}
                 Err(QueueError::Full(forward)) => {
-                    self.pending.push_front(forward);
+                    self.pending.push_front(*forward);
                     return;
                 }
                 Err(QueueError::Closed(_)) => {}
