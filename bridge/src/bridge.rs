@@ -5,8 +5,8 @@
 //!   rules of the control lane and publishes everything that comes down.
 //! - `local-bulk`: a second session to the same listener that reads the up
 //!   rules of the bulk lane. A broker delivers one session's messages in
-//!   order, so with a single session a control message would wait behind
-//!   every bulk message queued before it; two sessions keep them apart.
+//!   order. With a single session, a control message would wait behind every
+//!   bulk message queued before it, so the two lanes get a session each.
 //! - `remote`: the national broker. It reads every down rule and publishes
 //!   what goes up, through the token bucket, control lane first.
 
@@ -125,6 +125,7 @@ pub async fn start(config: &Config, shutdown: &mut Shutdown) -> Result<(), Bridg
         Some(Session::new(
             SessionPlan {
                 name: "local",
+                metrics: |metrics| &metrics.local,
                 endpoint: local.clone(),
                 subscriptions: subscriptions(&rules, Direction::Up, Some(Lane::Control)),
                 reads: Direction::Up,
@@ -137,6 +138,7 @@ pub async fn start(config: &Config, shutdown: &mut Shutdown) -> Result<(), Bridg
             Session::new(
                 SessionPlan {
                     name: "local-bulk",
+                    metrics: |metrics| &metrics.local_bulk,
                     endpoint: Endpoint {
                         client_id: format!("{client_id}-bulk"),
                         ..local.clone()
@@ -152,6 +154,7 @@ pub async fn start(config: &Config, shutdown: &mut Shutdown) -> Result<(), Bridg
         Some(Session::new(
             SessionPlan {
                 name: "remote",
+                metrics: |metrics| &metrics.remote,
                 endpoint: remote,
                 subscriptions: subscriptions(&rules, Direction::Down, None),
                 reads: Direction::Down,

@@ -2,9 +2,9 @@
 //! broker.
 //!
 //! Tokens are bytes. They refill at the configured rate up to the burst
-//! size. A message may be sent once the bucket holds its cost, or the whole
-//! burst when the message is larger than the burst; its full cost is then
-//! taken, which can leave the balance negative. The average rate therefore
+//! size. A message may be sent once the bucket contains its cost, or the
+//! whole burst when the message is larger than the burst. Its full cost is
+//! then taken, which can leave the balance negative, so the average rate
 //! stays at the cap whatever the message sizes.
 
 use std::time::Duration;

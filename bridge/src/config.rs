@@ -1,7 +1,7 @@
 //! The bridge's configuration file: serde types with documented defaults,
 //! and the cross-key checks that serde cannot express.
 //!
-//! The bridge holds two MQTT sessions. `[local]` is the provincial broker's
+//! The bridge connects to two brokers. `[local]` is the provincial broker's
 //! service listener (plain TCP on loopback, username and password).
 //! `[remote]` is the national broker (TLS, username and password), reached
 //! through an ordered list of addresses such as a private line, a proxy and

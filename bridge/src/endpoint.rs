@@ -1,4 +1,4 @@
-//! How the bridge reaches a broker: addresses, credentials, TLS and the
+//! The bridge's view of one broker: addresses, credentials, TLS, and the
 //! rumqttc options built from them for one connection attempt.
 
 use std::time::Duration;

@@ -27,8 +27,9 @@ pub struct Forward {
     pub qos: QoS,
     pub retain: bool,
     pub lane: Lane,
-    /// What the source session needs to acknowledge the message once the
-    /// destination has; `None` for QoS 0 and for the bridge's own messages.
+    /// The receipt that lets the source session acknowledge the message
+    /// after the destination did; `None` for QoS 0 and for the bridge's own
+    /// messages.
     pub source: Option<SourceAck>,
 }
 
@@ -85,7 +86,7 @@ pub struct LaneSender {
     capacity: usize,
 }
 
-/// Why a message could not be queued.
+/// The reason a message could not be queued.
 #[derive(Debug)]
 pub enum QueueError {
     /// The lane is full; the caller keeps the message and waits.
@@ -158,7 +159,7 @@ pub struct Outbound {
     bucket: TokenBucket,
 }
 
-/// Where the next message comes from.
+/// The queue that the next message is taken from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Source {
     Resend,

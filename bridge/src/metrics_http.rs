@@ -4,8 +4,8 @@
 //! Each connection gets one response and is closed, which is all a
 //! Prometheus scraper needs. Any other request gets 404.
 //!
-//! NOTE: the broker has the same responder in its own `metrics.rs`; this
-//! one takes a render function so that both programs can share it from
+//! NOTE: the broker has the same responder in its own `metrics.rs`. This
+//! one takes a render function, so both programs could share it from
 //! `tollway-runtime`.
 
 use std::net::SocketAddr;

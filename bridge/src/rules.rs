@@ -12,7 +12,7 @@ use tollway_topics::topic::{
 };
 use tollway_topics::{CenterKind, NodeKind, Province};
 
-/// Which way a rule forwards.
+/// The way a rule forwards: up to the national broker or down to the province.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {

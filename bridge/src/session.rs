@@ -43,6 +43,8 @@ const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct SessionPlan {
     /// `local`, `local-bulk` or `remote`: used in logs and metrics.
     pub name: &'static str,
+    /// Selects this session's counters in [`Metrics`].
+    pub metrics: fn(&Metrics) -> &SessionMetrics,
     pub endpoint: Endpoint,
     /// Filters subscribed on this broker, with the QoS of their rules.
     pub subscriptions: Vec<(String, QoS)>,
@@ -148,11 +150,7 @@ impl Session {
     }
 
     fn metrics(&self) -> &SessionMetrics {
-        match self.plan.name {
-            "local" => &self.links.metrics.local,
-            "local-bulk" => &self.links.metrics.local_bulk,
-            _ => &self.links.metrics.remote,
-        }
+        (self.plan.metrics)(&self.links.metrics)
     }
 
     /// Connects, serves and reconnects until the stop token is cancelled.
