@@ -532,7 +532,7 @@ async fn national_killed_mid_stream() {
     .await;
     let local = Collector::start(
         service_options(&province, "province-services", Some(SERVICE_PASSWORD)),
-        &[],
+        &["tollway/v1/44/node/+/cmd"],
     )
     .await;
     let _bridge = bridge_files.start();
@@ -597,6 +597,20 @@ async fn national_killed_mid_stream() {
         "{} of 400 messages missing after the restart, first: {:?}",
         missing.len(),
         missing.first().map(|m| &m[..11])
+    );
+
+    // The restarted broker had no session for the bridge, so the bridge
+    // must have subscribed again for commands to come down.
+    after
+        .publish(&node_topic("G9", "cmd"), false, "after the restart")
+        .await;
+    assert!(
+        local
+            .wait_until(ARRIVAL, |r| r
+                .iter()
+                .any(|m| m.payload == b"after the restart"))
+            .await,
+        "no command came down after the restart; the bridge did not subscribe again"
     );
 
     let metrics = scrape_metrics(bridge_files.metrics_port);
