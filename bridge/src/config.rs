@@ -147,6 +147,11 @@ pub struct QueueConfig {
     /// Largest MQTT packet accepted from or sent to either broker, in
     /// bytes; a larger packet ends the connection. Default: the wire
     /// contract's `MAX_PACKET_BYTES` (1 MiB).
+    ///
+    /// NOTE: keep it at least as large as both brokers' own packet limit.
+    /// A source broker redelivers an unacknowledged message after every
+    /// reconnect, so one message above this limit would end the session's
+    /// connection again and again.
     pub max_packet_bytes: usize,
 }
 
