@@ -501,6 +501,31 @@ mod tests {
     }
 
     #[test]
+    fn example_configs_parse() {
+        let examples = [
+            (
+                "province-broker.toml",
+                include_str!("../../deploy/examples/province-broker.toml"),
+                Profile::Province,
+            ),
+            (
+                "national-broker.toml",
+                include_str!("../../deploy/examples/national-broker.toml"),
+                Profile::National,
+            ),
+        ];
+        for (name, text, profile) in examples {
+            let config = parse(text).unwrap_or_else(|err| panic!("{name}: {err}"));
+            assert_eq!(config.profile, profile, "{name}");
+            // Only the files are missing on a build machine.
+            let err = config.validate(None).unwrap_err().to_string();
+            for line in err.lines().skip(1) {
+                assert!(line.contains("_file"), "{name}: {err}");
+            }
+        }
+    }
+
+    #[test]
     fn defaults_follow_wire_limits() {
         let limits = ListenerLimits::default();
         assert_eq!(limits.max_packet_bytes as usize, MAX_PACKET_BYTES);

@@ -23,9 +23,17 @@ use rumqttc::{
 };
 use time::OffsetDateTime;
 
+pub mod bridge;
+pub mod collect;
+pub mod gate;
+pub mod mosquitto;
+
 pub const PROVINCE: u8 = 44;
 pub const SERVICE_USER: &str = "ingest";
 pub const SERVICE_PASSWORD: &str = "correct horse battery staple";
+/// The provincial bridge's login on a national broker's bridge listener.
+pub const BRIDGE_USER: &str = "bridge-44";
+pub const BRIDGE_PASSWORD: &str = "bridge password for province 44";
 
 /// A certificate and key in PEM.
 #[derive(Clone)]
@@ -97,6 +105,8 @@ fn dn(cn: &str) -> DistinguishedName {
 /// Ports for one broker, chosen by binding port 0 and releasing it.
 #[derive(Clone, Copy)]
 pub struct Ports {
+    /// The TLS listener: nodes on a provincial broker, bridges and ops
+    /// tools on a national one.
     pub node: u16,
     pub service: u16,
     pub metrics: u16,
@@ -177,12 +187,68 @@ bind = "127.0.0.1:{metrics}"
         }
     }
 
+    /// Writes a national configuration: a TLS bridge listener (on
+    /// `ports.node`) whose password file holds [`BRIDGE_USER`], and a
+    /// service listener whose password file holds [`SERVICE_USER`].
+    pub fn national() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new("test national CA");
+        let server = ca.server_cert();
+        let ports = Ports::pick();
+
+        write(dir.path(), "ca.crt", &ca.cert_pem);
+        write(dir.path(), "server.crt", &server.cert);
+        write(dir.path(), "server.key", &server.key);
+        let bridge_hash = hash_password(BRIDGE_PASSWORD);
+        write(
+            dir.path(),
+            "bridges.passwd",
+            &format!("# provincial bridges\n{BRIDGE_USER}:{bridge_hash}\n"),
+        );
+        let service_hash = hash_password(SERVICE_PASSWORD);
+        write(
+            dir.path(),
+            "services.passwd",
+            &format!("# centre services\n{SERVICE_USER}:{service_hash}\n"),
+        );
+
+        let d = dir.path().display();
+        let config = format!(
+            r#"profile = "national"
+data_dir = "{d}/data"
+
+[bridge_listener]
+bind = "127.0.0.1:{node}"
+cert_file = "{d}/server.crt"
+key_file = "{d}/server.key"
+password_file = "{d}/bridges.passwd"
+
+[service_listener]
+bind = "127.0.0.1:{service}"
+password_file = "{d}/services.passwd"
+
+[metrics]
+bind = "127.0.0.1:{metrics}"
+"#,
+            node = ports.node,
+            service = ports.service,
+            metrics = ports.metrics,
+        );
+        let config_path = write(dir.path(), "broker.toml", &config);
+        BrokerFiles {
+            dir,
+            ca,
+            ports,
+            config: config_path,
+        }
+    }
+
     pub fn start(&self) -> Broker {
         Broker::start(&self.config, self.ports)
     }
 }
 
-fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
+pub(crate) fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, contents).unwrap();
     path
@@ -243,6 +309,13 @@ impl Broker {
         }
     }
 
+    /// Kills the process with SIGKILL, as a crash or power loss would, and
+    /// waits for it to exit.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub fn stop(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
@@ -284,6 +357,20 @@ pub fn node_options(
         ca: ca_pem.as_bytes().to_vec(),
         alpn: None,
         client_auth,
+    }));
+    options
+}
+
+/// Options for a bridge or ops tool on a national broker's TLS bridge
+/// listener, logging in as [`BRIDGE_USER`] with `password`.
+pub fn bridge_options(files: &BrokerFiles, client_id: &str, password: &str) -> MqttOptions {
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", files.ports.node);
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_credentials(BRIDGE_USER, password);
+    options.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+        ca: files.ca.cert_pem.as_bytes().to_vec(),
+        alpn: None,
+        client_auth: None,
     }));
     options
 }

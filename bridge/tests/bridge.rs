@@ -1,0 +1,621 @@
+//! The bridge between real brokers on loopback: our broker to our broker
+//! in both directions, our broker to Mosquitto as the national broker,
+//! failover, the bridge's retained state, rule overlap at start-up, lane
+//! order under a bandwidth cap, and a national broker killed mid-stream.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+use tollway_testkit::bridge::{BridgeFiles, BridgeSettings, bridge_state_topic};
+use tollway_testkit::collect::{Collector, Received};
+use tollway_testkit::gate::TcpGate;
+use tollway_testkit::mosquitto::MosquittoFiles;
+use tollway_testkit::*;
+use tollway_topics::{BridgeState, Message};
+
+const ARRIVAL: Duration = Duration::from_secs(20);
+
+fn status_topic(node: &str) -> String {
+    node_topic(node, "status")
+}
+
+/// Publishes probes on both local sessions' topics until both arrive at
+/// `national`, which proves that every subscription of the bridge is in
+/// place.
+async fn wait_until_bridged(local: &Collector, national: &Collector) {
+    for attempt in 0..100 {
+        let bulk = format!("probe-bulk-{attempt}");
+        let control = format!("probe-control-{attempt}");
+        local
+            .publish("tollway/v1/44/center/status", false, bulk.clone())
+            .await;
+        local
+            .publish(&node_topic("probe", "cmd/result"), false, control.clone())
+            .await;
+        let both = national
+            .wait_until(Duration::from_millis(200), |r| {
+                r.iter().any(|m| m.payload == bulk.as_bytes())
+                    && r.iter().any(|m| m.payload == control.as_bytes())
+            })
+            .await;
+        if both {
+            return;
+        }
+    }
+    panic!("the bridge did not forward probes within 20 s");
+}
+
+/// Returns the payloads received on `topic`, as strings.
+fn payloads_on(collector: &Collector, topic: &str) -> Vec<String> {
+    collector
+        .received()
+        .into_iter()
+        .filter(|m| m.topic == topic)
+        .map(|m| String::from_utf8(m.payload).unwrap())
+        .collect()
+}
+
+fn decode_state(payload: &[u8]) -> BridgeState {
+    BridgeState::from_cbor(payload).expect("bridge state is not a valid BridgeState")
+}
+
+#[tokio::test]
+async fn forwards_both_directions() {
+    let province = BrokerFiles::province();
+    let _province_broker = province.start();
+    let national = BrokerFiles::national();
+    let _national_broker = national.start();
+
+    // The first address refuses connections, so the bridge fails over to
+    // the second.
+    let dead_port = Ports::pick().node;
+    let settings = BridgeSettings::new(
+        province.ports.service,
+        vec![
+            format!("127.0.0.1:{dead_port}"),
+            format!("127.0.0.1:{}", national.ports.node),
+        ],
+        &national.ca.cert_pem,
+    );
+    let bridge_files = BridgeFiles::write(&settings);
+
+    let up = Collector::start(
+        service_options(&national, "national-ingest", Some(SERVICE_PASSWORD)),
+        &["tollway/v1/44/#"],
+    )
+    .await;
+    let down = Collector::start(
+        service_options(&province, "province-controller", Some(SERVICE_PASSWORD)),
+        &[
+            "tollway/v1/44/node/+/cmd",
+            "tollway/v1/ops/#",
+            "tollway/v1/44/center/records/ack",
+        ],
+    )
+    .await;
+    let _bridge = bridge_files.start();
+    wait_until_bridged(&down, &up).await;
+
+    // Up: 50 status messages (bulk) and a presence (control, retained).
+    for i in 0..50 {
+        down.publish(&status_topic("G1"), false, format!("status {i}"))
+            .await;
+    }
+    down.publish(&node_topic("G1", "presence"), true, "online")
+        .await;
+    // Node record batches stay in the province: published before the
+    // marker on the same lane, they would arrive before it.
+    down.publish(&node_topic("G1", "records"), false, "batch")
+        .await;
+    down.publish(&status_topic("G1"), false, "marker").await;
+
+    // Down: an ops object, a command and a record acknowledgement.
+    up.publish("tollway/v1/ops/deployments/toll-app", true, "deployment")
+        .await;
+    up.publish(&node_topic("G1", "cmd"), false, "replay").await;
+    up.publish("tollway/v1/44/center/records/ack", false, "ack 17")
+        .await;
+
+    assert!(
+        up.wait_until(ARRIVAL, |r| r.iter().any(|m| m.payload == b"marker"))
+            .await,
+        "the marker did not reach the national broker"
+    );
+    let statuses = payloads_on(&up, &status_topic("G1"));
+    let expected: Vec<String> = (0..50)
+        .map(|i| format!("status {i}"))
+        .chain(["marker".to_string()])
+        .collect();
+    assert_eq!(statuses, expected, "status messages lost or out of order");
+    assert_eq!(payloads_on(&up, &node_topic("G1", "presence")), ["online"]);
+    assert!(
+        payloads_on(&up, &node_topic("G1", "records")).is_empty(),
+        "a node record batch crossed the bridge"
+    );
+
+    assert!(
+        down.wait_until(ARRIVAL, |r| r.len() >= 3).await,
+        "down messages missing: {:?}",
+        down.received()
+    );
+    assert_eq!(
+        payloads_on(&down, "tollway/v1/ops/deployments/toll-app"),
+        ["deployment"]
+    );
+    assert_eq!(payloads_on(&down, &node_topic("G1", "cmd")), ["replay"]);
+    assert_eq!(
+        payloads_on(&down, "tollway/v1/44/center/records/ack"),
+        ["ack 17"]
+    );
+
+    // Presence and ops objects are published retained on the destination,
+    // so a subscriber that comes later still gets them.
+    let late_national = Collector::start(
+        service_options(&national, "late-national", Some(SERVICE_PASSWORD)),
+        &["tollway/v1/44/node/G1/presence"],
+    )
+    .await;
+    assert!(
+        late_national
+            .wait_until(ARRIVAL, |r| r
+                .iter()
+                .any(|m| m.retain && m.payload == b"online"))
+            .await,
+        "presence was not retained on the national broker"
+    );
+    let late_province = Collector::start(
+        service_options(&province, "late-province", Some(SERVICE_PASSWORD)),
+        &["tollway/v1/ops/#"],
+    )
+    .await;
+    assert!(
+        late_province
+            .wait_until(ARRIVAL, |r| r
+                .iter()
+                .any(|m| m.retain && m.payload == b"deployment"))
+            .await,
+        "the ops object was not retained on the provincial broker"
+    );
+
+    // The bridge's state is retained online, and names the address in use.
+    let state = payloads_on_raw(&up, &bridge_state_topic());
+    let state = decode_state(
+        state
+            .last()
+            .expect("no bridge state on the national broker"),
+    );
+    assert!(state.online);
+    assert_eq!(
+        state.remote.as_deref(),
+        Some(format!("127.0.0.1:{}", national.ports.node).as_str())
+    );
+
+    let metrics = scrape_metrics(bridge_files.metrics_port);
+    assert!(
+        metrics.contains("tollway_bridge_connected{session=\"remote\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("tollway_bridge_connection_errors_total{session=\"remote\"} 0\n"),
+        "the failed first address was not counted: {metrics}"
+    );
+    assert!(
+        !metrics.contains("tollway_bridge_forwarded_total{direction=\"up\"} 0\n"),
+        "{metrics}"
+    );
+}
+
+fn payloads_on_raw(collector: &Collector, topic: &str) -> Vec<Vec<u8>> {
+    collector
+        .received()
+        .into_iter()
+        .filter(|m| m.topic == topic)
+        .map(|m| m.payload)
+        .collect()
+}
+
+#[tokio::test]
+async fn mosquitto_as_national_broker() {
+    let province = BrokerFiles::province();
+    let _province_broker = province.start();
+    let mosquitto = MosquittoFiles::national();
+    let _mosquitto = mosquitto.start();
+
+    let settings = BridgeSettings::new(
+        province.ports.service,
+        vec![format!("127.0.0.1:{}", mosquitto.tls_port)],
+        &mosquitto.ca.cert_pem,
+    );
+    let bridge_files = BridgeFiles::write(&settings);
+
+    let up = Collector::start(
+        mosquitto.plain_options("national-ingest"),
+        &["tollway/v1/44/#"],
+    )
+    .await;
+    let down = Collector::start(
+        service_options(&province, "province-controller", Some(SERVICE_PASSWORD)),
+        &["tollway/v1/44/node/+/cmd", "tollway/v1/ops/#"],
+    )
+    .await;
+    let _bridge = bridge_files.start();
+    wait_until_bridged(&down, &up).await;
+
+    for i in 0..20 {
+        down.publish(&status_topic("G7"), false, format!("status {i}"))
+            .await;
+    }
+    up.publish("tollway/v1/ops/rollouts/toll-app", true, "rollout")
+        .await;
+    up.publish(&node_topic("G7", "cmd"), false, "collect logs")
+        .await;
+
+    assert!(
+        up.wait_until(ARRIVAL, |r| r.iter().any(|m| m.payload == b"status 19"))
+            .await,
+        "status messages did not reach Mosquitto"
+    );
+    let expected: Vec<String> = (0..20).map(|i| format!("status {i}")).collect();
+    assert_eq!(payloads_on(&up, &status_topic("G7")), expected);
+
+    assert!(
+        down.wait_until(ARRIVAL, |r| r.len() >= 2).await,
+        "down messages missing: {:?}",
+        down.received()
+    );
+    assert_eq!(
+        payloads_on(&down, "tollway/v1/ops/rollouts/toll-app"),
+        ["rollout"]
+    );
+    assert_eq!(
+        payloads_on(&down, &node_topic("G7", "cmd")),
+        ["collect logs"]
+    );
+
+    let states = payloads_on_raw(&up, &bridge_state_topic());
+    assert!(
+        decode_state(states.last().expect("no bridge state on Mosquitto")).online,
+        "the bridge state is not online"
+    );
+}
+
+#[tokio::test]
+async fn state_goes_offline_on_stop_and_crash() {
+    let province = BrokerFiles::province();
+    let _province_broker = province.start();
+    let national = BrokerFiles::national();
+    let _national_broker = national.start();
+    let settings = BridgeSettings::new(
+        province.ports.service,
+        vec![format!("127.0.0.1:{}", national.ports.node)],
+        &national.ca.cert_pem,
+    );
+    let bridge_files = BridgeFiles::write(&settings);
+    let watcher = Collector::start(
+        service_options(&national, "watcher", Some(SERVICE_PASSWORD)),
+        &[bridge_state_topic().as_str()],
+    )
+    .await;
+    let topic = bridge_state_topic();
+    let online_count = |received: &[Received], online: bool| {
+        received
+            .iter()
+            .filter(|m| m.topic == topic && decode_state(&m.payload).online == online)
+            .count()
+    };
+
+    // SIGTERM: the bridge publishes offline itself and exits 0.
+    let bridge = bridge_files.start();
+    assert!(
+        watcher
+            .wait_until(ARRIVAL, |r| online_count(r, true) >= 1)
+            .await,
+        "no online state"
+    );
+    let status = bridge.stop();
+    assert!(
+        status.success(),
+        "bridge exited with {status} after SIGTERM"
+    );
+    assert!(
+        watcher
+            .wait_until(ARRIVAL, |r| online_count(r, false) >= 1)
+            .await,
+        "no offline state after SIGTERM"
+    );
+
+    // SIGKILL: the national broker publishes the will.
+    let bridge = bridge_files.start();
+    assert!(
+        watcher
+            .wait_until(ARRIVAL, |r| online_count(r, true) >= 2)
+            .await,
+        "no online state after the restart"
+    );
+    drop(bridge);
+    assert!(
+        watcher
+            .wait_until(Duration::from_secs(90), |r| online_count(r, false) >= 2)
+            .await,
+        "no offline will after SIGKILL"
+    );
+}
+
+#[tokio::test]
+async fn overlapping_rules_rejected_at_start() {
+    let national = TestCa::new("unused");
+    let mut settings = BridgeSettings::new(1883, vec!["127.0.0.1:8883".into()], &national.cert_pem);
+    settings.extra = "[[rules]]\n\
+                      direction = \"up\"\n\
+                      filter = \"tollway/v1/44/node/+/status\"\n\
+                      [[rules]]\n\
+                      direction = \"down\"\n\
+                      filter = \"tollway/v1/44/node/#\"\n"
+        .to_string();
+    let files = BridgeFiles::write(&settings);
+
+    let output = Command::new(bin_path("tollway-bridge"))
+        .arg("--config")
+        .arg(&files.config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("rules[0].filter = tollway/v1/44/node/+/status"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("overlaps the down rule rules[1] (tollway/v1/44/node/#)"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn default_rules_printed_by_check() {
+    let national = TestCa::new("unused");
+    let settings = BridgeSettings::new(1883, vec!["127.0.0.1:8883".into()], &national.cert_pem);
+    let files = BridgeFiles::write(&settings);
+
+    let output = Command::new(bin_path("tollway-bridge"))
+        .arg("--config")
+        .arg(&files.config)
+        .arg("--check")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("up   bulk  qos 1 retain false tollway/v1/44/node/+/status"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("down control qos 1 retain true  tollway/v1/ops/#"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("node/+/records"), "{stdout}");
+}
+
+/// A scaled-down run of the bandwidth benchmark that checks correctness,
+/// not speed: under a cap that bulk traffic saturates, control messages
+/// overtake queued bulk messages and nothing is lost or reordered within
+/// its lane.
+#[tokio::test]
+async fn capped_link_keeps_lanes_in_order() {
+    let province = BrokerFiles::province();
+    let _province_broker = province.start();
+    let national = BrokerFiles::national();
+    let _national_broker = national.start();
+
+    let mut settings = BridgeSettings::new(
+        province.ports.service,
+        vec![format!("127.0.0.1:{}", national.ports.node)],
+        &national.ca.cert_pem,
+    );
+    // About 100 bulk messages of 1 KB at 50 KB/s: two seconds of backlog.
+    settings.up_bytes_per_second = 50_000;
+    settings.burst_bytes = 2_000;
+    let bridge_files = BridgeFiles::write(&settings);
+
+    let up = Collector::start(
+        service_options(&national, "national-ingest", Some(SERVICE_PASSWORD)),
+        &[
+            "tollway/v1/44/center/status",
+            "tollway/v1/44/node/+/cmd/result",
+        ],
+    )
+    .await;
+    let local = Collector::start(
+        service_options(&province, "province-services", Some(SERVICE_PASSWORD)),
+        &[],
+    )
+    .await;
+    let _bridge = bridge_files.start();
+    wait_until_bridged(&local, &up).await;
+    let probes = up.received().len();
+
+    let filler = "x".repeat(1000);
+    for i in 0..100 {
+        local
+            .publish(
+                "tollway/v1/44/center/status",
+                false,
+                format!("bulk {i:03} {filler}"),
+            )
+            .await;
+    }
+    // Let the backlog build, then send control messages behind it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..5 {
+        local
+            .publish(
+                &node_topic("G1", "cmd/result"),
+                false,
+                format!("control {i}"),
+            )
+            .await;
+    }
+
+    assert!(
+        up.wait_until(ARRIVAL, |r| r.len() >= probes + 105).await,
+        "only {} of 105 messages arrived",
+        up.received().len() - probes
+    );
+    let arrivals: Vec<String> = up.received()[probes..]
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload[..m.payload.len().min(9)]).into_owned())
+        .collect();
+    let bulk: Vec<&String> = arrivals.iter().filter(|a| a.starts_with("bulk")).collect();
+    let expected_bulk: Vec<String> = (0..100).map(|i| format!("bulk {i:03}")).collect();
+    assert_eq!(
+        bulk.iter()
+            .map(|s| s.trim().to_string())
+            .collect::<Vec<_>>(),
+        expected_bulk,
+        "bulk messages lost or reordered"
+    );
+    let control: Vec<usize> = arrivals
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.starts_with("control"))
+        .map(|(index, _)| index)
+        .collect();
+    assert_eq!(control.len(), 5, "{arrivals:?}");
+    let last_bulk = arrivals
+        .iter()
+        .rposition(|a| a.starts_with("bulk"))
+        .unwrap();
+    assert!(
+        control.iter().all(|&index| index < last_bulk),
+        "control messages waited behind the bulk backlog: {arrivals:?}"
+    );
+}
+
+/// The national broker is killed with SIGKILL while the bridge forwards,
+/// then restarted. Every message arrives: those delivered before the
+/// crash, those the bridge held while the broker was down, and those
+/// published after the restart.
+#[tokio::test]
+async fn national_killed_mid_stream() {
+    let province = BrokerFiles::province();
+    let _province_broker = province.start();
+    let national = BrokerFiles::national();
+    let national_broker = national.start();
+    // The bridge reaches the national broker through a gate, so the test
+    // decides when the bridge may reconnect after the restart.
+    let gate = TcpGate::start(national.ports.node);
+
+    let mut settings = BridgeSettings::new(
+        province.ports.service,
+        vec![format!("127.0.0.1:{}", gate.port)],
+        &national.ca.cert_pem,
+    );
+    // 200 messages of about 120 bytes take about 2.5 s at 10 KB/s, so the
+    // crash comes while the bridge holds messages.
+    settings.up_bytes_per_second = 10_000;
+    settings.burst_bytes = 1_000;
+    let bridge_files = BridgeFiles::write(&settings);
+
+    let before = Collector::start(
+        service_options(&national, "ingest-before", Some(SERVICE_PASSWORD)),
+        &[
+            "tollway/v1/44/node/+/status",
+            "tollway/v1/44/center/status",
+            "tollway/v1/44/node/+/cmd/result",
+        ],
+    )
+    .await;
+    let local = Collector::start(
+        service_options(&province, "province-services", Some(SERVICE_PASSWORD)),
+        &["tollway/v1/44/node/+/cmd"],
+    )
+    .await;
+    let _bridge = bridge_files.start();
+    wait_until_bridged(&local, &before).await;
+
+    let message = |i: usize| format!("status {i:04} {}", "y".repeat(100));
+    for i in 0..200 {
+        local.publish(&status_topic("G9"), false, message(i)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    // Crash. The gate stays closed until a new subscriber is in place.
+    national_broker.kill();
+    gate.close();
+    let delivered_before: BTreeSet<String> = payloads_on(&before, &status_topic("G9"))
+        .into_iter()
+        .collect();
+    assert!(
+        delivered_before.len() < 200,
+        "every message arrived before the crash; the test proves nothing"
+    );
+    drop(before);
+
+    let _national_broker = national.start();
+    let after = Collector::start(
+        service_options(&national, "ingest-after", Some(SERVICE_PASSWORD)),
+        &["tollway/v1/44/node/+/status"],
+    )
+    .await;
+    // Published while the national broker is unreachable: held by the
+    // bridge and the provincial broker.
+    for i in 200..300 {
+        local.publish(&status_topic("G9"), false, message(i)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(gate.refused() > 0, "the bridge did not try to reconnect");
+    gate.open();
+    // Published after the bridge may reconnect.
+    for i in 300..400 {
+        local.publish(&status_topic("G9"), false, message(i)).await;
+    }
+
+    let expected: BTreeSet<String> = (0..400).map(message).collect();
+    let all_arrived = after
+        .wait_until(Duration::from_secs(60), |received| {
+            let mut seen: BTreeSet<String> = received
+                .iter()
+                .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+                .collect();
+            seen.extend(delivered_before.iter().cloned());
+            expected.iter().all(|m| seen.contains(m))
+        })
+        .await;
+
+    let mut seen: BTreeSet<String> = payloads_on(&after, &status_topic("G9"))
+        .into_iter()
+        .collect();
+    seen.extend(delivered_before.iter().cloned());
+    let missing: Vec<&String> = expected.difference(&seen).collect();
+    assert!(
+        all_arrived,
+        "{} of 400 messages missing after the restart, first: {:?}",
+        missing.len(),
+        missing.first().map(|m| &m[..11])
+    );
+
+    // The restarted broker had no session for the bridge, so the bridge
+    // must have subscribed again for commands to come down.
+    after
+        .publish(&node_topic("G9", "cmd"), false, "after the restart")
+        .await;
+    assert!(
+        local
+            .wait_until(ARRIVAL, |r| r
+                .iter()
+                .any(|m| m.payload == b"after the restart"))
+            .await,
+        "no command came down after the restart; the bridge did not subscribe again"
+    );
+
+    let metrics = scrape_metrics(bridge_files.metrics_port);
+    assert!(
+        !metrics.contains("tollway_bridge_connection_errors_total{session=\"remote\"} 0\n"),
+        "{metrics}"
+    );
+}
