@@ -47,6 +47,7 @@ pub fn start(
         filters,
         true,
         ACK_QUEUE,
+        stats.clone(),
     );
     let publisher = spawn_publisher(
         shutdown,

@@ -57,6 +57,7 @@ pub fn start(
         filters,
         false,
         config.queue,
+        stats.clone(),
     );
     let publisher = spawn_publisher(shutdown, "ingest-publisher", settings.clone(), "ingest-pub");
 

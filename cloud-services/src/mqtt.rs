@@ -23,6 +23,7 @@ use tollway_runtime::{Backoff, BackoffConfig, CancellationToken, Shutdown};
 use tollway_topics::limits::MAX_PACKET_BYTES;
 
 use crate::config::BrokerConfig;
+use crate::stats::Stats;
 
 /// Requests (publishes, acks) a publisher's client queues before `publish`
 /// waits. While the broker is unreachable, callers wait here.
@@ -114,33 +115,44 @@ pub fn spawn_subscriber(
     filters: Vec<String>,
     clean_session: bool,
     queue: usize,
+    stats: Arc<Stats>,
 ) -> mpsc::Receiver<Delivery> {
     let (deliveries_tx, deliveries_rx) = mpsc::channel(queue);
     let token = shutdown.token();
     shutdown.spawn(task, async move {
-        run_subscriber(
-            settings,
+        let subscription = Subscription {
             role,
             filters,
             clean_session,
             queue,
-            deliveries_tx,
-            token,
-        )
-        .await;
+        };
+        run_subscriber(settings, subscription, deliveries_tx, stats, token).await;
     });
     deliveries_rx
 }
 
-async fn run_subscriber(
-    settings: MqttSettings,
+/// What a subscriber connection subscribes to, and how.
+struct Subscription {
     role: &'static str,
     filters: Vec<String>,
     clean_session: bool,
+    /// Capacity of the delivery queue.
     queue: usize,
+}
+
+async fn run_subscriber(
+    settings: MqttSettings,
+    subscription: Subscription,
     deliveries_tx: mpsc::Sender<Delivery>,
+    stats: Arc<Stats>,
     token: CancellationToken,
 ) {
+    let Subscription {
+        role,
+        filters,
+        clean_session,
+        queue,
+    } = subscription;
     let mut backoff = Backoff::new(settings.backoff);
     let connection = Arc::new(AtomicU64::new(0));
     // Room for an ack of every queued message and of every message the
@@ -181,10 +193,14 @@ async fn run_subscriber(
                     }
                 }
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    for code in &ack.return_codes {
-                        if matches!(code, SubscribeReasonCode::Failure) {
-                            tracing::error!(role, ?filters, "the broker rejected a subscription");
-                        }
+                    if ack
+                        .return_codes
+                        .iter()
+                        .any(|code| matches!(code, SubscribeReasonCode::Failure))
+                    {
+                        tracing::error!(role, ?filters, "the broker rejected a subscription");
+                    } else {
+                        Stats::add(&stats.subscriptions_granted, 1);
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {

@@ -40,6 +40,7 @@ pub fn start(
         filters,
         false,
         config.queue,
+        stats.clone(),
     );
     let publisher = spawn_publisher(
         shutdown,

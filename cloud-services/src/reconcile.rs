@@ -97,6 +97,11 @@ impl Reconciler {
 
         let replays = self.publish_replays(&findings.missing).await;
         for (province, event) in &findings.events {
+            let counter = match event.kind {
+                EventKind::HourComplete => &self.stats.hours_complete,
+                _ => &self.stats.hours_incomplete,
+            };
+            Stats::add(counter, 1);
             self.publish_event(*province, event).await;
         }
         for summary in findings.complete {

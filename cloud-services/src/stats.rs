@@ -33,6 +33,9 @@ macro_rules! counters {
 }
 
 counters! {
+    /// Subscriptions the broker granted (SUBACKs without a failure code),
+    /// counted again after each reconnect.
+    subscriptions_granted,
     /// Node record batches received.
     batches_received,
     /// Node batches rejected as invalid (undecodable, wrong node or topic).
