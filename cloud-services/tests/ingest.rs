@@ -232,8 +232,7 @@ async fn restart_keeps_every_record() {
         "tollway-center exited with {status} on SIGTERM"
     );
 
-    let config = dir.join("center.toml");
-    let center = Center::start_with(&config, read_query_port(&config), 1);
+    let center = Center::restart(&dir, 1);
     node.send(5, 20).await;
     assert_eq!(node.next_ack(WAIT).await, 20);
 
@@ -293,18 +292,4 @@ async fn two_ingests_share_the_nodes() {
     assert_eq!(a.stat("records_stored") + b.stat("records_stored"), 160);
     assert_eq!(a.stat("records_duplicate") + b.stat("records_duplicate"), 0);
     assert_eq!(a.gantry_records().len() + b.gantry_records().len(), 160);
-}
-
-fn read_query_port(config: &std::path::Path) -> u16 {
-    let text = std::fs::read_to_string(config).unwrap();
-    let line = text
-        .lines()
-        .find(|line| line.starts_with("bind = "))
-        .unwrap();
-    line.rsplit(':')
-        .next()
-        .unwrap()
-        .trim_end_matches('"')
-        .parse()
-        .unwrap()
 }

@@ -142,6 +142,25 @@ impl Center {
         )
     }
 
+    /// Starts the process again on the configuration that [`Center::start`]
+    /// wrote into `dir`, with the same store and query port.
+    pub fn restart(dir: &Path, subscriptions: u64) -> Center {
+        let config = dir.join("center.toml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let bind = text
+            .lines()
+            .find(|line| line.starts_with("bind = "))
+            .unwrap();
+        let port = bind
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .trim_end_matches('"')
+            .parse()
+            .unwrap();
+        Center::start_with(&config, port, subscriptions)
+    }
+
     /// Starts the process on an existing configuration.
     pub fn start_with(config: &Path, query_port: u16, subscriptions: u64) -> Center {
         let child = Process::new(bin_path("tollway-center"))
