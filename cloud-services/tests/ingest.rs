@@ -293,3 +293,83 @@ async fn two_ingests_share_the_nodes() {
     assert_eq!(a.stat("records_duplicate") + b.stat("records_duplicate"), 0);
     assert_eq!(a.gantry_records().len() + b.gantry_records().len(), 160);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn records_query_command_prints_records() {
+    let files = BrokerFiles::province();
+    let _broker = files.start();
+    let center = Center::start(
+        &files,
+        &files.dir.path().join("center"),
+        &CenterSpec::ingest("center"),
+    );
+    let mut node = SimNode::connect(&files, "n1").await;
+    node.send(1, 12).await;
+    assert_eq!(node.next_ack(WAIT).await, 12);
+
+    let api = format!("127.0.0.1:{}", center.query_port);
+    let from = BASE_TIME_MS.to_string();
+    let to = (BASE_TIME_MS + 100_000).to_string();
+    let query = |extra: &[&str]| {
+        let mut args = vec![
+            "records", "query", "--api", &api, "--gantry", GANTRY, "--from", &from, "--to", &to,
+        ];
+        args.extend_from_slice(extra);
+        std::process::Command::new(tollway_testkit::bin_path("tollwayctl"))
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+
+    let table = query(&[]);
+    assert!(
+        table.status.success(),
+        "{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+    let table = String::from_utf8(table.stdout).unwrap();
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 14, "header, 12 records, total:\n{table}");
+    assert!(lines[1].contains("粤B12345"), "{table}");
+    assert_eq!(lines[13], "12 records");
+
+    let json = query(&["--limit", "5", "-o", "json"]);
+    assert!(
+        json.status.success(),
+        "{}",
+        String::from_utf8_lossy(&json.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(json["count"], 5);
+    assert_eq!(json["truncated"], true);
+
+    let hourly = query(&["--hourly"]);
+    let hourly = String::from_utf8(hourly.stdout).unwrap();
+    let row: Vec<&str> = hourly.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        row,
+        [
+            HOUR.to_string(),
+            "12".into(),
+            (1..=12u64).map(|s| 1000 + s).sum::<u64>().to_string(),
+            pay_fee_sum(1, 12).to_string()
+        ]
+    );
+
+    // The API rejects an empty range: exit status 1 and the API's reason.
+    let rejected = std::process::Command::new(tollway_testkit::bin_path("tollwayctl"))
+        .args([
+            "records", "query", "--api", &api, "--gantry", GANTRY, "--from", "5", "--to", "5",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(rejected.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&rejected.stderr).contains("from_ms 5"));
+
+    // A missing flag is a usage error: exit status 2.
+    let usage = std::process::Command::new(tollway_testkit::bin_path("tollwayctl"))
+        .args(["records", "query"])
+        .output()
+        .unwrap();
+    assert_eq!(usage.status.code(), Some(2));
+}
