@@ -18,7 +18,9 @@ use tollway_topics::topic::center_filter;
 use tollway_topics::{CenterKind, Compression, ForwardBatch, Message, Province, RecordAck, Topic};
 
 use crate::config::ForwarderConfig;
-use crate::mqtt::{Delivery, MqttSettings, Publisher, spawn_publisher, spawn_subscriber};
+use crate::mqtt::{
+    Delivery, MqttSettings, Publisher, Subscription, spawn_publisher, spawn_subscriber,
+};
 use crate::stats::Stats;
 use crate::store::{RecordStore, StoreError};
 
@@ -43,10 +45,12 @@ pub fn start(
         shutdown,
         "forwarder-subscriber",
         settings.clone(),
-        "forwarder-sub",
-        filters,
-        true,
-        ACK_QUEUE,
+        Subscription {
+            role: "forwarder-sub",
+            filters,
+            clean_session: true,
+            queue: ACK_QUEUE,
+        },
         stats.clone(),
     );
     let publisher = spawn_publisher(

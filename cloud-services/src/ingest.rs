@@ -21,7 +21,9 @@ use tollway_topics::{
 };
 
 use crate::config::IngestConfig;
-use crate::mqtt::{Delivery, MqttSettings, Publisher, spawn_publisher, spawn_subscriber};
+use crate::mqtt::{
+    Delivery, MqttSettings, Publisher, Subscription, spawn_publisher, spawn_subscriber,
+};
 use crate::reconcile::Reconciler;
 use crate::stats::Stats;
 use crate::store::RecordStore;
@@ -53,10 +55,12 @@ pub fn start(
         shutdown,
         "ingest-subscriber",
         settings.clone(),
-        "ingest-sub",
-        filters,
-        false,
-        config.queue,
+        Subscription {
+            role: "ingest-sub",
+            filters,
+            clean_session: false,
+            queue: config.queue,
+        },
         stats.clone(),
     );
     let publisher = spawn_publisher(shutdown, "ingest-publisher", settings.clone(), "ingest-pub");
@@ -257,7 +261,7 @@ impl Ingest {
     fn reject(&self, node: Option<&NodeId>, what: &str, problem: &str) {
         let seen = self.invalid_logged.fetch_add(1, Ordering::Relaxed);
         let node = node.map(NodeId::as_str).unwrap_or("(unknown)");
-        if seen < INVALID_LOG_BURST || seen % 1000 == 0 {
+        if seen < INVALID_LOG_BURST || seen.is_multiple_of(1000) {
             tracing::warn!(
                 node,
                 what,

@@ -104,40 +104,34 @@ impl Delivery {
     }
 }
 
-/// Starts a subscriber connection named `role` that subscribes to `filters`
-/// on every CONNACK and queues each message in the returned channel, which
-/// holds at most `queue` messages.
+/// What a subscriber connection subscribes to, and how.
+pub struct Subscription {
+    /// Suffix of the client id, e.g. `ingest-sub`.
+    pub role: &'static str,
+    pub filters: Vec<String>,
+    /// False keeps the session (and a shared-group membership) on the broker
+    /// while this process is disconnected.
+    pub clean_session: bool,
+    /// Capacity of the delivery queue.
+    pub queue: usize,
+}
+
+/// Starts a subscriber connection that subscribes on every CONNACK and
+/// queues each message in the returned channel, which holds at most
+/// `subscription.queue` messages.
 pub fn spawn_subscriber(
     shutdown: &mut Shutdown,
     task: &'static str,
     settings: MqttSettings,
-    role: &'static str,
-    filters: Vec<String>,
-    clean_session: bool,
-    queue: usize,
+    subscription: Subscription,
     stats: Arc<Stats>,
 ) -> mpsc::Receiver<Delivery> {
-    let (deliveries_tx, deliveries_rx) = mpsc::channel(queue);
+    let (deliveries_tx, deliveries_rx) = mpsc::channel(subscription.queue);
     let token = shutdown.token();
     shutdown.spawn(task, async move {
-        let subscription = Subscription {
-            role,
-            filters,
-            clean_session,
-            queue,
-        };
         run_subscriber(settings, subscription, deliveries_tx, stats, token).await;
     });
     deliveries_rx
-}
-
-/// What a subscriber connection subscribes to, and how.
-struct Subscription {
-    role: &'static str,
-    filters: Vec<String>,
-    clean_session: bool,
-    /// Capacity of the delivery queue.
-    queue: usize,
 }
 
 async fn run_subscriber(

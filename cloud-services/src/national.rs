@@ -16,7 +16,9 @@ use tollway_topics::topic::{all_centers_filter, shared};
 use tollway_topics::{CenterKind, ForwardBatch, Message, Province, RecordAck, Topic};
 
 use crate::config::NationalIngestConfig;
-use crate::mqtt::{Delivery, MqttSettings, Publisher, spawn_publisher, spawn_subscriber};
+use crate::mqtt::{
+    Delivery, MqttSettings, Publisher, Subscription, spawn_publisher, spawn_subscriber,
+};
 use crate::stats::Stats;
 use crate::store::RecordStore;
 
@@ -36,10 +38,12 @@ pub fn start(
         shutdown,
         "national-subscriber",
         settings.clone(),
-        "national-sub",
-        filters,
-        false,
-        config.queue,
+        Subscription {
+            role: "national-sub",
+            filters,
+            clean_session: false,
+            queue: config.queue,
+        },
         stats.clone(),
     );
     let publisher = spawn_publisher(

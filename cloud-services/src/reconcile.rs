@@ -199,12 +199,12 @@ impl Reconciler {
 /// Reads the store and decides what to replay and report.
 fn find(store: &RecordStore) -> Result<Findings, StoreError> {
     let mut findings = Findings::default();
-    for (province, node, gaps) in store.gaps_above_watermarks()? {
+    for gaps in store.gaps_above_watermarks()? {
         findings
             .missing
-            .entry((province, node))
+            .entry((gaps.province, gaps.node))
             .or_default()
-            .extend(gaps);
+            .extend(gaps.ranges);
     }
 
     let now = now_ms();

@@ -23,6 +23,14 @@ pub struct PendingSummary {
     pub summary: HourlySummary,
 }
 
+/// The missing ranges above one node's watermark.
+#[derive(Debug, Clone)]
+pub struct NodeGaps {
+    pub province: Province,
+    pub node: NodeId,
+    pub ranges: Vec<(u64, u64)>,
+}
+
 /// What the store holds of one summary's gantry and hour.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HourTally {
@@ -157,9 +165,7 @@ impl RecordStore {
     /// Lists, for every node, the missing ranges between its watermark and
     /// the highest seq stored above it: the gaps that hold its
     /// acknowledgement back.
-    pub fn gaps_above_watermarks(
-        &self,
-    ) -> Result<Vec<(Province, NodeId, Vec<(u64, u64)>)>, StoreError> {
+    pub fn gaps_above_watermarks(&self) -> Result<Vec<NodeGaps>, StoreError> {
         let mut out = Vec::new();
         let marks = self.db.iterator_cf(
             self.cf(MARKS_CF),
@@ -177,7 +183,11 @@ impl RecordStore {
                 .ok_or_else(|| corrupt(format!("watermark of node {node}"), "not 8 bytes"))?;
             let gaps = self.gaps_of(province, &node, through)?;
             if !gaps.is_empty() {
-                out.push((province, node, gaps));
+                out.push(NodeGaps {
+                    province,
+                    node,
+                    ranges: gaps,
+                });
             }
         }
         Ok(out)
