@@ -51,7 +51,7 @@ async fn shared_group_splits_by_topic() {
     let (publisher, mut eventloop, ack) =
         connect(service_options(&files, "publisher", Some(SERVICE_PASSWORD))).await;
     ack.unwrap();
-    // The client's request queue holds 16 publishes, so the event loop is
+    // The client's request queue has room for 16 publishes, so the event loop is
     // polled while the test publishes.
     let acks = tokio::spawn(async move {
         let mut acked = 0;

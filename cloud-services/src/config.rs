@@ -81,7 +81,7 @@ pub struct IngestConfig {
     #[serde(default = "default_group")]
     pub group: String,
     /// Batches received but not yet stored. When the queue is full, the
-    /// connection stops reading, so the broker holds further batches.
+    /// connection stops reading, so the broker keeps further batches.
     #[serde(default = "default_queue")]
     pub queue: usize,
     /// Seconds between reconciliation passes.

@@ -8,6 +8,12 @@
 //! `resend_after_s`, and after every reconnect of its publisher, because
 //! rumqttc drops queued publishes when a reconnect finds no session. The
 //! national store drops the duplicates this causes.
+//!
+//! NOTE: forwarding seqs are per store, and ForwardBatch names only the
+//! province. Two ingest processes of one province that both run a forwarder
+//! would send different records under the same seqs, and the national
+//! watermark could then cover records it never received. Run one forwarder
+//! per province until ForwardBatch names its source store.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -87,7 +93,7 @@ struct Forwarder {
     resend_after: Duration,
 }
 
-/// Where forwarding stands.
+/// Progress of forwarding.
 struct Window {
     /// Highest forwarding seq the national centre acknowledged (persisted).
     acked: u64,

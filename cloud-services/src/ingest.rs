@@ -51,6 +51,9 @@ pub fn start(
     // A persistent session keeps this process in the shared group while it
     // restarts, so its nodes' batches wait for it instead of moving to
     // another process that lacks their earlier seqs.
+    // NOTE: when the group changes for good, the nodes that move start at a
+    // gap in their new process. Only a replay from the node's retention
+    // window fills that gap, and their RecordAck stays back until then.
     let deliveries = spawn_subscriber(
         shutdown,
         "ingest-subscriber",
@@ -92,6 +95,10 @@ struct Ingest {
 }
 
 impl Ingest {
+    /// Handles deliveries one at a time, in arrival order.
+    ///
+    /// NOTE: one synced write per batch bounds a process's throughput; it is
+    /// not measured yet against a full province of nodes.
     async fn run(self, mut deliveries: mpsc::Receiver<Delivery>, token: CancellationToken) {
         loop {
             let delivery = tokio::select! {

@@ -39,7 +39,7 @@ struct Cli {
     common: CommonArgs,
 }
 
-/// What every service of this process shares.
+/// Resources shared by every service of this process.
 struct Context {
     mqtt: Option<MqttSettings>,
     store: Option<Arc<RecordStore>>,
@@ -152,7 +152,7 @@ fn open_context(config: &Config) -> anyhow::Result<Context> {
     })
 }
 
-/// The broker settings and store that `validate` guarantees for MQTT services.
+/// Returns the broker settings and store, which `validate` guarantees for MQTT services.
 fn mqtt_and_store(context: &Context) -> anyhow::Result<(&MqttSettings, Arc<RecordStore>)> {
     let mqtt = context
         .mqtt

@@ -1,5 +1,5 @@
 //! MQTT connections of the centre services: a subscriber that hands each
-//! message to a service and acknowledges it only when the service says so,
+//! message to a service and acknowledges it only when the service calls `ack`,
 //! and a publisher for acknowledgements, commands and forwarded batches.
 //!
 //! Each is its own rumqttc connection with its own poll task. Keeping them
@@ -85,7 +85,7 @@ pub struct Delivery {
     client: AsyncClient,
     /// The connection the message arrived on.
     connection: u64,
-    /// The connection the subscriber has now; an ack for a message of an
+    /// The subscriber's current connection. An ack for a message of an
     /// earlier connection is skipped, because its packet id may name a
     /// different message on the new connection.
     current: Arc<AtomicU64>,
@@ -104,7 +104,7 @@ impl Delivery {
     }
 }
 
-/// What a subscriber connection subscribes to, and how.
+/// The filters and session settings of a subscriber connection.
 pub struct Subscription {
     /// Suffix of the client id, e.g. `ingest-sub`.
     pub role: &'static str,
@@ -117,7 +117,7 @@ pub struct Subscription {
 }
 
 /// Starts a subscriber connection that subscribes on every CONNACK and
-/// queues each message in the returned channel, which holds at most
+/// queues each message in the returned channel, which has room for
 /// `subscription.queue` messages.
 pub fn spawn_subscriber(
     shutdown: &mut Shutdown,

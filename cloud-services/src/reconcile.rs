@@ -1,5 +1,5 @@
 //! Hourly reconciliation: proves each node's hours complete against the
-//! records stored, and asks nodes to replay what is missing.
+//! records stored, and requests a replay of what is missing.
 //!
 //! Each pass:
 //! 1. collects the missing seq ranges between every node's watermark and the

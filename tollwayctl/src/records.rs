@@ -109,7 +109,7 @@ fn get_json(url: &str, api: SocketAddr) -> Result<Value, String> {
 }
 
 /// Formats records as aligned columns, one line each, with a total line
-/// that says when the API returned only part of the range.
+/// that notes when the API returned only part of the range.
 fn records_table(body: &Value) -> String {
     let mut out = format!(
         "{:<15} {:<20} {:>10} {:<12} {:>8} {:>8} {:<10}\n",

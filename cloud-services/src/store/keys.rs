@@ -27,7 +27,7 @@ pub fn record_key(province: Province, node: &NodeId, seq: u64) -> Vec<u8> {
     key
 }
 
-/// The parts of a record key, or `None` when the key is malformed.
+/// Parses a record key into its parts, or `None` when it is malformed.
 pub fn parse_record_key(key: &[u8]) -> Option<(Province, NodeId, u64)> {
     let (&code, rest) = key.split_first()?;
     let province = Province::new(code).ok()?;
@@ -105,7 +105,7 @@ pub fn summary_key(province: Province, node: &NodeId, hour_batch: u32, gantry: &
     key
 }
 
-/// The province and node of a summary key.
+/// Parses the province and node of a summary key.
 pub fn parse_summary_key(key: &[u8]) -> Option<(Province, NodeId)> {
     let (&code, rest) = key.split_first()?;
     let province = Province::new(code).ok()?;

@@ -17,8 +17,11 @@
 //!
 //! Every write is one `WriteBatch` with `sync = true`, so a record, its
 //! index entries and the watermarks it moves are durable together before
-//! anyone is told so. One writer lock serialises the read-modify-write of
-//! watermarks and counters.
+//! any acknowledgement is sent. One writer lock serialises the
+//! read-modify-write of watermarks and counters.
+//!
+//! NOTE: nothing is deleted yet, so the store grows with every record and
+//! summary. Retention and its bound are still to be decided.
 
 mod error;
 mod keys;
@@ -61,7 +64,7 @@ const COLUMN_FAMILIES: [&str; 6] = [
 const NEXT_FORWARD_SEQ_KEY: &[u8] = b"next_forward_seq";
 const FORWARD_ACKED_KEY: &[u8] = b"forward_acked_through";
 
-/// What storing one node batch did.
+/// Result of storing one node batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchOutcome {
     /// Records stored for the first time.
@@ -72,7 +75,7 @@ pub struct BatchOutcome {
     pub stored_through: u64,
 }
 
-/// What storing one forwarded batch did (national store).
+/// Result of storing one forwarded batch (national store).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ForwardOutcome {
     pub stored: u64,
@@ -290,12 +293,12 @@ impl RecordStore {
         Ok(out)
     }
 
-    /// The last forwarding seq assigned; 0 when nothing was stored yet.
+    /// Returns the last forwarding seq assigned, or 0 when nothing was stored yet.
     pub fn last_forward_seq(&self) -> Result<u64, StoreError> {
         Ok(self.read_u64(keys_default(), NEXT_FORWARD_SEQ_KEY)?.max(1) - 1)
     }
 
-    /// The highest forwarding seq the national centre acknowledged.
+    /// Returns the highest forwarding seq the national centre acknowledged.
     pub fn forward_acked_through(&self) -> Result<u64, StoreError> {
         self.read_u64(keys_default(), FORWARD_ACKED_KEY)
     }
@@ -314,7 +317,7 @@ impl RecordStore {
         Ok(acked)
     }
 
-    /// A node's highest contiguous seq stored; 0 when none.
+    /// Returns a node's highest contiguous seq stored, or 0 when none.
     pub fn node_stored_through(
         &self,
         province: Province,
@@ -323,7 +326,7 @@ impl RecordStore {
         self.read_u64(MARKS_CF, &node_mark_key(province, node))
     }
 
-    /// A province's highest contiguous forwarding seq received (national store).
+    /// Returns a province's highest contiguous forwarding seq received (national store).
     pub fn province_forward_through(&self, province: Province) -> Result<u64, StoreError> {
         self.read_u64(MARKS_CF, &forward_mark_key(province))
     }
@@ -382,7 +385,7 @@ impl RecordStore {
     }
 }
 
-/// The name `read_u64` takes for the default column family.
+/// Returns the name `read_u64` takes for the default column family.
 fn keys_default() -> &'static str {
     ""
 }

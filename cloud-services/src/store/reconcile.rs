@@ -31,7 +31,7 @@ pub struct NodeGaps {
     pub ranges: Vec<(u64, u64)>,
 }
 
-/// What the store holds of one summary's gantry and hour.
+/// Stored records of one summary's gantry and hour, compared by count and fee.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HourTally {
     /// Stored records of the summary's gantry and hour within its seq range.

@@ -34,7 +34,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// The toll record a simulated node sends as `seq`: fee 1000 + seq fen,
+/// Builds the toll record a simulated node sends as `seq`: fee 1000 + seq fen,
 /// pay fee 900 + seq fen, passing one second after the previous one.
 pub fn record(node: &str, seq: u64) -> TollRecord {
     TollRecord {
@@ -250,7 +250,7 @@ impl Center {
         }
     }
 
-    /// The node's highest contiguous seq stored, from the query API.
+    /// Reads the node's highest contiguous seq stored from the query API.
     pub fn stored_through(&self, node: &str) -> u64 {
         self.get_ok(&format!("/v1/nodes/44/{node}"))["stored_through"]
             .as_u64()
