@@ -13,6 +13,7 @@ mod pacing;
 mod passwords;
 mod plugins;
 mod server;
+mod sharing;
 
 use std::process::ExitCode;
 use std::time::Duration;

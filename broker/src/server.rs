@@ -16,6 +16,7 @@ use crate::events::{Counters, EventRecorder};
 use crate::listeners::{ListenerError, ListenerTable, bind_all};
 use crate::pacing::PacingHook;
 use crate::plugins::{self, PluginError};
+use crate::sharing::TopicHashSharing;
 
 /// Hook priorities: higher runs first. The ACL plugin uses 10.
 const AUTH_PRIORITY: u32 = 100;
@@ -73,6 +74,7 @@ pub async fn start(
     let builder = ServerContext::new().busy_check_enable(false);
     let scx = plugins::configure(builder, config).build().await;
     register_hooks(&scx, &table, &counters).await;
+    *scx.extends.shared_subscription_mut().await = Box::new(TopicHashSharing);
     plugins::start(&scx, config).await?;
 
     let metrics_listener = if config.metrics.enabled {

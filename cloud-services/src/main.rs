@@ -1,13 +1,37 @@
-//! `tollway-center`: Centre services: controller, record ingest and store, national forwarding and aggregation.
+//! `tollway-center`: the centre services. Each service runs when its section
+//! is in the configuration file, so one process can run several of them
+//! (a province's ingest, forwarder and query API) or just one.
 //!
-//! NOTE: this program parses its command line and configuration and then
-//! exits; its service is not built yet.
+//! Services are listed in [`SERVICES`]; a new service adds its config
+//! section in `config.rs` and one entry there.
+
+mod config;
+mod forwarder;
+mod ingest;
+mod mqtt;
+mod national;
+mod query;
+mod reconcile;
+mod stats;
+mod store;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
-use serde::Deserialize;
-use tollway_runtime::{CommonArgs, init_logging, load_config};
+use tollway_runtime::{CommonArgs, Shutdown, init_logging, load_config};
 
-/// Centre services: controller, record ingest and store, national forwarding and aggregation.
+use crate::config::Config;
+use crate::mqtt::MqttSettings;
+use crate::stats::Stats;
+use crate::store::RecordStore;
+
+/// Time the services get to stop after SIGINT or SIGTERM.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Centre services: record ingest and store, reconciliation, national
+/// forwarding and ingest, and the query API.
 #[derive(Debug, Parser)]
 #[command(name = "tollway-center", version)]
 struct Cli {
@@ -15,28 +39,184 @@ struct Cli {
     common: CommonArgs,
 }
 
-/// Configuration file (TOML). No keys yet; an unknown key is an error.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Config {}
+/// Resources shared by every service of this process.
+struct Context {
+    mqtt: Option<MqttSettings>,
+    store: Option<Arc<RecordStore>>,
+    stats: Arc<Stats>,
+}
 
-fn main() -> std::process::ExitCode {
+/// Starts one service if its section is present; returns whether it did.
+type Starter = fn(&Config, &Context, &mut Shutdown) -> anyhow::Result<bool>;
+
+/// Every service, in start order.
+const SERVICES: &[(&str, Starter)] = &[
+    ("ingest", start_ingest),
+    ("forwarder", start_forwarder),
+    ("national_ingest", start_national_ingest),
+    ("query", start_query),
+];
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(err) = init_logging(cli.common.log_format, cli.common.log.as_deref()) {
         eprintln!("tollway-center: {err}");
-        return std::process::ExitCode::from(2);
+        return ExitCode::from(2);
     }
-
-    let config: Config = match load_config(cli.common.config.as_deref()) {
+    let path = cli.common.config.as_deref();
+    let config: Config = match load_config(path) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("tollway-center: {err}");
-            return std::process::ExitCode::from(2);
+            return ExitCode::from(2);
         }
     };
-    tracing::info!(
-        ?config,
-        "configuration is valid; this program has no service yet"
-    );
-    std::process::ExitCode::SUCCESS
+    if let Err(err) = config.validate(path) {
+        eprintln!("tollway-center: {err}");
+        return ExitCode::from(2);
+    }
+    if !config.has_services() {
+        eprintln!(
+            "tollway-center: the configuration enables no service; add an [ingest], [forwarder], [national_ingest] or [query] section"
+        );
+        return ExitCode::from(2);
+    }
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("tollway-center: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> ExitCode {
+    let context = match open_context(&config) {
+        Ok(context) => context,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("tollway-center: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    let mut shutdown = Shutdown::new();
+    shutdown.listen_for_signals();
+    for (name, start) in SERVICES {
+        match start(&config, &context, &mut shutdown) {
+            Ok(true) => tracing::info!(service = name, "service started"),
+            Ok(false) => {}
+            Err(err) => {
+                tracing::error!(service = name, "cannot start: {err:#}");
+                eprintln!("tollway-center: cannot start {name}: {err:#}");
+                shutdown.token().cancel();
+                shutdown.wait_for_tasks(SHUTDOWN_DEADLINE).await;
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+
+    let ended_early = shutdown.run_until_stopped(SHUTDOWN_DEADLINE).await;
+    tracing::info!("tollway-center stopped");
+    if ended_early.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Opens the store and reads the broker password, once for all services.
+fn open_context(config: &Config) -> anyhow::Result<Context> {
+    let mqtt = match &config.broker {
+        Some(broker) => {
+            let password = broker.read_password().map_err(|err| {
+                anyhow::anyhow!(
+                    "cannot read broker.password_file {}: {err}",
+                    broker.password_file.display()
+                )
+            })?;
+            Some(MqttSettings::from_config(broker, password))
+        }
+        None => None,
+    };
+    let store = match &config.store {
+        Some(store) => Some(Arc::new(RecordStore::open(&store.path)?)),
+        None => None,
+    };
+    Ok(Context {
+        mqtt,
+        store,
+        stats: Arc::new(Stats::default()),
+    })
+}
+
+/// Returns the broker settings and store, which `validate` guarantees for MQTT services.
+fn mqtt_and_store(context: &Context) -> anyhow::Result<(&MqttSettings, Arc<RecordStore>)> {
+    let mqtt = context
+        .mqtt
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("missing [broker] section"))?;
+    let store = context
+        .store
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("missing [store] section"))?;
+    Ok((mqtt, store))
+}
+
+fn start_ingest(
+    config: &Config,
+    context: &Context,
+    shutdown: &mut Shutdown,
+) -> anyhow::Result<bool> {
+    let Some(section) = &config.ingest else {
+        return Ok(false);
+    };
+    let (mqtt, store) = mqtt_and_store(context)?;
+    ingest::start(section, mqtt, store, context.stats.clone(), shutdown);
+    Ok(true)
+}
+
+fn start_forwarder(
+    config: &Config,
+    context: &Context,
+    shutdown: &mut Shutdown,
+) -> anyhow::Result<bool> {
+    let Some(section) = &config.forwarder else {
+        return Ok(false);
+    };
+    let (mqtt, store) = mqtt_and_store(context)?;
+    forwarder::start(section, mqtt, store, context.stats.clone(), shutdown);
+    Ok(true)
+}
+
+fn start_national_ingest(
+    config: &Config,
+    context: &Context,
+    shutdown: &mut Shutdown,
+) -> anyhow::Result<bool> {
+    let Some(section) = &config.national_ingest else {
+        return Ok(false);
+    };
+    let (mqtt, store) = mqtt_and_store(context)?;
+    national::start(section, mqtt, store, context.stats.clone(), shutdown);
+    Ok(true)
+}
+
+fn start_query(
+    config: &Config,
+    context: &Context,
+    shutdown: &mut Shutdown,
+) -> anyhow::Result<bool> {
+    let Some(section) = &config.query else {
+        return Ok(false);
+    };
+    let store = context
+        .store
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("missing [store] section"))?;
+    query::start(section, store, context.stats.clone(), shutdown)
+        .map_err(|err| anyhow::anyhow!("cannot listen on query.bind {}: {err}", section.bind))?;
+    Ok(true)
 }

@@ -449,10 +449,24 @@ pub fn scrape_metrics(port: u16) -> String {
     response
 }
 
-/// Path of a workspace program built beside the running test executable.
+/// Path of a workspace program: in `$TOLLWAY_BIN_DIR` when that is set,
+/// otherwise beside the running test executable.
+///
+/// `TOLLWAY_BIN_DIR` exists because several worktrees may share one cargo
+/// target directory, where each build overwrites the programs another
+/// worktree's tests are about to start.
 ///
 /// Panics with the command to run when the program is not built.
 pub fn bin_path(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("TOLLWAY_BIN_DIR") {
+        let path = PathBuf::from(dir).join(name);
+        assert!(
+            path.exists(),
+            "{} is missing from TOLLWAY_BIN_DIR",
+            path.display()
+        );
+        return path;
+    }
     let exe = std::env::current_exe().unwrap();
     // target/<profile>/deps/<test>-<hash> -> target/<profile>/<name>
     let profile_dir = exe

@@ -1,10 +1,11 @@
 //! `tollwayctl`: Operators' command-line tool for Tollway fleets.
 //!
-//! NOTE: only the `pki` commands exist so far; the fleet commands are not
-//! built yet.
+//! NOTE: only the `pki` and `records` commands exist so far; the fleet
+//! commands are not built yet.
 
 mod files;
 mod pki;
+mod records;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,11 @@ enum Command {
 
         #[command(subcommand)]
         action: PkiAction,
+    },
+    /// Query toll records stored by a centre.
+    Records {
+        #[command(subcommand)]
+        action: records::RecordsAction,
     },
 }
 
@@ -97,7 +103,10 @@ fn main() -> ExitCode {
 }
 
 fn run(command: Command) -> Result<String, String> {
-    let Command::Pki { dir, force, action } = command;
+    let (dir, force, action) = match command {
+        Command::Pki { dir, force, action } => (dir, force, action),
+        Command::Records { action } => return records::run(action),
+    };
     let issued = match action {
         PkiAction::Init { days } => pki::init_ca(&dir, days, force),
         PkiAction::IssueNode { node, days } => {
