@@ -21,6 +21,8 @@ use rumqttc::{
 };
 use time::OffsetDateTime;
 
+pub mod center;
+
 pub const PROVINCE: u8 = 44;
 pub const SERVICE_USER: &str = "ingest";
 pub const SERVICE_PASSWORD: &str = "correct horse battery staple";

@@ -40,6 +40,9 @@ const RECONCILE_DEBOUNCE: Duration = Duration::from_millis(200);
 /// How often the controller reconciles without a change, to move replicas
 /// off nodes whose grace period ran out.
 const RECONCILE_PERIOD: Duration = Duration::from_secs(5);
+/// Delay after a connect before the controller subscribes to the
+/// deployment topics a second time; see `run_loop`.
+const OPS_RESUBSCRIBE_DELAY: Duration = Duration::from_secs(2);
 /// Minimum time between API snapshots.
 const SNAPSHOT_PERIOD: Duration = Duration::from_millis(500);
 
@@ -152,6 +155,8 @@ async fn run_loop(
     let mut last_snapshot = tokio::time::Instant::now();
     let mut status_tick = tokio::time::interval(status_period);
     let status_topic = Topic::center(controller.province, CenterKind::Status).to_string();
+    let ops = ops_filter(OpsKind::Deployment);
+    let mut resubscribe_at: Option<tokio::time::Instant> = None;
     tracing::info!("controller started");
 
     loop {
@@ -165,10 +170,22 @@ async fn run_loop(
                     if !session_present {
                         controller.republish_all();
                     }
+                    resubscribe_at = Some(tokio::time::Instant::now() + OPS_RESUBSCRIBE_DELAY);
                 }
                 None => break,
             },
             _ = tick.tick() => {
+                // A deployment published while the first subscription was
+                // being set up reached neither the subscription nor, yet,
+                // the retained store (seen with tollway-broker in tests), so
+                // the controller asks for the retained deployments once
+                // more. Repeats are ignored because they equal what is held.
+                if resubscribe_at.is_some_and(|at| at <= tokio::time::Instant::now()) {
+                    resubscribe_at = None;
+                    if let Err(err) = client.try_subscribe(&ops, QoS::AtLeastOnce) {
+                        tracing::warn!(%err, "cannot repeat the deployment subscription");
+                    }
+                }
                 if controller.dirty || last_reconcile.elapsed() >= RECONCILE_PERIOD {
                     controller.reconcile(now_ms());
                     last_reconcile = tokio::time::Instant::now();
