@@ -115,13 +115,13 @@ impl Controller {
         message: String,
         now_ms: u64,
     ) {
-        if self.pending_events.len() >= MAX_PENDING_EVENTS {
-            if let Some(dropped) = self.pending_events.pop_front() {
-                tracing::warn!(
-                    subject = dropped.subject,
-                    "event queue full; dropped the oldest event"
-                );
-            }
+        if self.pending_events.len() >= MAX_PENDING_EVENTS
+            && let Some(dropped) = self.pending_events.pop_front()
+        {
+            tracing::warn!(
+                subject = dropped.subject,
+                "event queue full; dropped the oldest event"
+            );
         }
         let mut subject = subject.to_string();
         subject.truncate(tollway_topics::limits::MAX_SHORT_TEXT_LEN);

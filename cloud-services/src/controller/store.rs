@@ -49,6 +49,9 @@ pub enum StoreError {
     },
 }
 
+/// One key and value read from a column family.
+type Entry = (Box<[u8]>, Box<[u8]>);
+
 /// Everything the controller loads at start.
 #[derive(Debug, Default)]
 pub struct Loaded {
@@ -172,7 +175,7 @@ impl Store {
             .expect("every column family is created at open")
     }
 
-    fn entries(&self, family: &'static str) -> Result<Vec<(Box<[u8]>, Box<[u8]>)>, StoreError> {
+    fn entries(&self, family: &'static str) -> Result<Vec<Entry>, StoreError> {
         self.db
             .iterator_cf(self.family(family), rocksdb::IteratorMode::Start)
             .collect::<Result<Vec<_>, _>>()
