@@ -4,8 +4,8 @@
 //!
 //! rumqttc has no reconnect delay of its own, so the poll loop waits with
 //! [`Backoff`] after each connection error. The loop never awaits a publish
-//! or subscribe itself; services publish with `try_publish` so that they
-//! never block on the request channel that this loop drains.
+//! or subscribe itself. Services publish with `try_publish`, so they never
+//! block on the request channel that this loop drains.
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -95,7 +95,7 @@ impl Province {
     }
 }
 
-/// An operator's service connection with its event loop polled in the background.
+/// Connects an operator's service client and polls its event loop in the background.
 async fn operator(files: &BrokerFiles, id: &str) -> AsyncClient {
     let (client, eventloop, ack) =
         connect(service_options(files, id, Some(SERVICE_PASSWORD))).await;
@@ -224,7 +224,7 @@ async fn per_node_includes_late_joiners() {
         "an unrelated join changed n1's generation"
     );
 
-    // The broker holds the same state, retained.
+    // The broker keeps the same state as a retained message.
     let retained = retained_desired(&province.files, "n2")
         .await
         .expect("n2 has a retained desired state");

@@ -1,6 +1,6 @@
 //! `tollwayctl apply -f FILE` and `tollwayctl delete deployment NAME`.
 //!
-//! A file holds one or more deployment documents separated by `---`. Each
+//! A file contains one or more deployment documents separated by `---`. Each
 //! is validated locally first, with the same rules the controller applies,
 //! and an error names the file, line, column and field. Nothing is
 //! published unless every document in the file is valid.

@@ -1,7 +1,9 @@
-//! Connection settings shared by the fleet commands, from flags or the
-//! `[connection]` section of the configuration file (flags win), and the
-//! two transports: MQTT publishes to the broker for `apply` and `delete`,
-//! and HTTP reads from the controller's and aggregator's loopback APIs.
+//! Connection settings of the fleet commands and their two transports.
+//!
+//! Settings come from flags or from the `[connection]` section of the
+//! configuration file, and flags win. `apply` and `delete` publish to the
+//! broker over MQTT; `get`, `describe` and `fleet` read the controller's and
+//! aggregator's loopback HTTP APIs.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

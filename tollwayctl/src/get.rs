@@ -7,7 +7,7 @@ use crate::connection::Connection;
 use crate::locale::text;
 use crate::table::render;
 
-/// What `get` lists.
+/// A resource kind that `get` lists.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum Resource {
     Nodes,

@@ -13,7 +13,7 @@ pub enum Language {
     Chinese,
 }
 
-/// Returns the language the environment asks for.
+/// Returns the language that the environment requests.
 pub fn language() -> Language {
     static LANGUAGE: OnceLock<Language> = OnceLock::new();
     *LANGUAGE.get_or_init(|| {

@@ -92,11 +92,11 @@ impl Controller {
         // A node that applied a generation newer than any this controller
         // published (its store was lost or replaced) raises the floor, so
         // the next generation sent is newer still.
-        if self
+        let stored = self
             .desired
             .get(&node)
-            .is_none_or(|desired| desired.generation < status.generation)
-        {
+            .map_or(0, |desired| desired.generation);
+        if status.generation > stored {
             tracing::warn!(%node, generation = status.generation, "node reports a generation newer than the stored one; publishing above it");
             self.dirty = true;
         }

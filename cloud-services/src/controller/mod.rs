@@ -141,7 +141,7 @@ pub async fn start(config: ControllerConfig, shutdown: &mut Shutdown) -> Result<
     Ok(())
 }
 
-/// The controller task: applies incoming messages, reconciles, publishes.
+/// Runs the controller task: applies incoming messages, reconciles and publishes.
 async fn run_loop(
     mut controller: Controller,
     client: AsyncClient,
@@ -175,11 +175,11 @@ async fn run_loop(
                 None => break,
             },
             _ = tick.tick() => {
-                // A deployment published while the first subscription was
-                // being set up reached neither the subscription nor, yet,
-                // the retained store (seen with tollway-broker in tests), so
-                // the controller asks for the retained deployments once
-                // more. Repeats are ignored because they equal what is held.
+                // NOTE: in one test run, a deployment published while the
+                // first subscription was being set up never reached the
+                // controller; the cause in the broker is not confirmed. The
+                // controller therefore requests the retained deployments once
+                // more. Repeats are ignored because they equal the stored ones.
                 if resubscribe_at.is_some_and(|at| at <= tokio::time::Instant::now()) {
                     resubscribe_at = None;
                     if let Err(err) = client.try_subscribe(&ops, QoS::AtLeastOnce) {

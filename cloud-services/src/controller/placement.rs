@@ -297,3 +297,135 @@ fn visit<'a>(
     }
     placeable
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollway_topics::{Selector, samples};
+
+    const CLOCK: Clock = Clock {
+        now_ms: 1_000_000,
+        grace_ms: 60_000,
+    };
+
+    fn name(text: &str) -> ObjectName {
+        ObjectName::new(text).unwrap()
+    }
+
+    fn node(id: &str, station: &str) -> (NodeId, NodeRecord) {
+        let labels = BTreeMap::from([("station".to_string(), station.to_string())]);
+        let record = NodeRecord {
+            labels,
+            online: true,
+            ..NodeRecord::default()
+        };
+        (NodeId::new(id).unwrap(), record)
+    }
+
+    fn deployment(
+        text: &str,
+        placement: PlacementMode,
+        colocate: Option<&str>,
+    ) -> (ObjectName, Deployment) {
+        let mut app = samples::app_spec();
+        app.name = name(text);
+        let deployment = Deployment {
+            name: name(text),
+            selector: Selector::default(),
+            placement,
+            colocate_with: colocate.map(name),
+            app,
+        };
+        (name(text), deployment)
+    }
+
+    fn replicas(replicas: u32, spread_by: SpreadBy) -> PlacementMode {
+        PlacementMode::Replicas {
+            replicas,
+            spread_by,
+        }
+    }
+
+    #[test]
+    fn kept_replicas_do_not_move() {
+        let nodes: BTreeMap<_, _> = [node("a", "T1"), node("b", "T2"), node("c", "T3")].into();
+        let deployments: BTreeMap<_, _> =
+            [deployment("x", replicas(2, SpreadBy::Node), None)].into();
+        let previous = BTreeMap::from([(
+            name("x"),
+            BTreeSet::from([NodeId::new("c").unwrap(), NodeId::new("a").unwrap()]),
+        )]);
+        let placement = place(&nodes, &deployments, &previous, CLOCK);
+        assert_eq!(placement.assignments[&name("x")], previous[&name("x")]);
+        assert!(placement.problems.is_empty());
+    }
+
+    #[test]
+    fn replicas_leave_expired_node() {
+        let mut nodes: BTreeMap<_, _> = [node("a", "T1"), node("b", "T2")].into();
+        let a = nodes.get_mut(&NodeId::new("a").unwrap()).unwrap();
+        a.online = false;
+        a.offline_since_ms = Some(CLOCK.now_ms - CLOCK.grace_ms);
+        let deployments: BTreeMap<_, _> =
+            [deployment("x", replicas(1, SpreadBy::Node), None)].into();
+        let previous = BTreeMap::from([(name("x"), BTreeSet::from([NodeId::new("a").unwrap()]))]);
+        let placement = place(&nodes, &deployments, &previous, CLOCK);
+        assert_eq!(
+            placement.assignments[&name("x")],
+            BTreeSet::from([NodeId::new("b").unwrap()])
+        );
+    }
+
+    #[test]
+    fn spread_needs_label_and_domains() {
+        let mut nodes: BTreeMap<_, _> = [node("a", "T1"), node("b", "T1")].into();
+        nodes.insert(
+            NodeId::new("bare").unwrap(),
+            NodeRecord {
+                online: true,
+                ..NodeRecord::default()
+            },
+        );
+        let deployments: BTreeMap<_, _> =
+            [deployment("x", replicas(2, SpreadBy::Station), None)].into();
+        let placement = place(&nodes, &deployments, &BTreeMap::new(), CLOCK);
+        assert_eq!(placement.assignments[&name("x")].len(), 1);
+        assert!(matches!(
+            placement.problems.get(&name("x")),
+            Some(Problem::Shortfall(_))
+        ));
+    }
+
+    #[test]
+    fn colocation_cycle_is_rejected() {
+        let nodes: BTreeMap<_, _> = [node("a", "T1")].into();
+        let deployments: BTreeMap<_, _> = [
+            deployment("x", PlacementMode::PerNode, Some("y")),
+            deployment("y", PlacementMode::PerNode, Some("x")),
+            deployment("z", PlacementMode::PerNode, None),
+        ]
+        .into();
+        let placement = place(&nodes, &deployments, &BTreeMap::new(), CLOCK);
+        assert!(matches!(
+            placement.problems.get(&name("x")),
+            Some(Problem::Rejected(_))
+        ));
+        assert!(matches!(
+            placement.problems.get(&name("y")),
+            Some(Problem::Rejected(_))
+        ));
+        assert!(!placement.assignments.contains_key(&name("x")));
+        assert_eq!(placement.assignments[&name("z")].len(), 1);
+    }
+
+    #[test]
+    fn per_node_keeps_offline_nodes() {
+        let mut nodes: BTreeMap<_, _> = [node("a", "T1")].into();
+        let a = nodes.get_mut(&NodeId::new("a").unwrap()).unwrap();
+        a.online = false;
+        a.offline_since_ms = Some(0);
+        let deployments: BTreeMap<_, _> = [deployment("x", PlacementMode::PerNode, None)].into();
+        let placement = place(&nodes, &deployments, &BTreeMap::new(), CLOCK);
+        assert_eq!(placement.assignments[&name("x")].len(), 1);
+    }
+}

@@ -17,9 +17,9 @@ use super::inventory::NodeRecord;
 use super::placement::Placement;
 use super::store::{Loaded, Store};
 
-/// Maximum events waiting to be published; beyond it the oldest is dropped
-/// and logged, because events are advisory and the state they describe is
-/// also served by the API.
+/// Maximum events waiting to be published. Beyond it the oldest is dropped
+/// and logged: events are advisory, and the API also serves the state they
+/// describe.
 pub const MAX_PENDING_EVENTS: usize = 1024;
 
 /// The provincial controller's state.

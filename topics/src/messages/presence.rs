@@ -37,7 +37,7 @@ impl Presence {
         }
     }
 
-    /// The message a node publishes once connected.
+    /// Builds the message a node publishes once connected.
     pub fn online(since_ms: u64, version: String, labels: BTreeMap<String, String>) -> Self {
         Presence {
             online: true,
