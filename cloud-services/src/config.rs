@@ -32,6 +32,11 @@ pub struct Config {
     pub national_ingest: Option<NationalIngestConfig>,
     /// The loopback HTTP query API over the record store.
     pub query: Option<QueryConfig>,
+    /// The provincial controller (scheduler). It keeps its own broker
+    /// connection and inventory store, set in its section.
+    pub controller: Option<tollway_center::controller::ControllerConfig>,
+    /// The national fleet aggregator, with its own broker connection.
+    pub aggregator: Option<tollway_center::aggregator::AggregatorConfig>,
 }
 
 /// Connection to the broker's service listener (username and password).
@@ -303,6 +308,8 @@ impl Config {
             || self.forwarder.is_some()
             || self.national_ingest.is_some()
             || self.query.is_some()
+            || self.controller.is_some()
+            || self.aggregator.is_some()
     }
 }
 

@@ -77,7 +77,7 @@ fn main() -> ExitCode {
     }
     if !config.has_services() {
         eprintln!(
-            "tollway-center: the configuration enables no service; add an [ingest], [forwarder], [national_ingest] or [query] section"
+            "tollway-center: the configuration enables no service; add an [ingest], [forwarder], [national_ingest], [query], [controller] or [aggregator] section"
         );
         return ExitCode::from(2);
     }
@@ -118,6 +118,14 @@ async fn run(config: Config) -> ExitCode {
         }
     }
 
+    if let Err(err) = start_library_services(&config, &mut shutdown).await {
+        tracing::error!("cannot start: {err}");
+        eprintln!("tollway-center: {err}");
+        shutdown.token().cancel();
+        shutdown.wait_for_tasks(SHUTDOWN_DEADLINE).await;
+        return ExitCode::FAILURE;
+    }
+
     let ended_early = shutdown.run_until_stopped(SHUTDOWN_DEADLINE).await;
     tracing::info!("tollway-center stopped");
     if ended_early.is_empty() {
@@ -125,6 +133,23 @@ async fn run(config: Config) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Starts the controller and the aggregator, which live in the library and
+/// keep their own broker connections.
+// NOTE: the record services (this binary's modules) and the controller and
+// aggregator (the library) each have their own MQTT connection helper
+// (`mqtt.rs` and `mqtt_link.rs`); one shared helper is due.
+async fn start_library_services(config: &Config, shutdown: &mut Shutdown) -> anyhow::Result<()> {
+    if let Some(section) = &config.controller {
+        tollway_center::controller::start(section.clone(), shutdown).await?;
+        tracing::info!(service = "controller", "service started");
+    }
+    if let Some(section) = &config.aggregator {
+        tollway_center::aggregator::start(section.clone(), shutdown).await?;
+        tracing::info!(service = "aggregator", "service started");
+    }
+    Ok(())
 }
 
 /// Opens the store and reads the broker password, once for all services.

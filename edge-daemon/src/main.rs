@@ -116,6 +116,7 @@ async fn serve(identity: Identity, config: EdgeConfig, tls: TlsFiles) -> anyhow:
         node.clone(),
         province,
         env!("CARGO_PKG_VERSION"),
+        config.labels.clone(),
         config.link.clone(),
         tls,
         inbound,

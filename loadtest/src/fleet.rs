@@ -598,13 +598,13 @@ async fn session(shared: &Shared, index: usize, reached_up: &AtomicBool) -> Sess
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    let online = Presence {
-        online: true,
-        since_ms: Some(since_ms),
-        version: Some(env!("CARGO_PKG_VERSION").to_string()),
-    }
-    .to_cbor()
-    .unwrap_or_default();
+    // NOTE: simulated nodes carry one label; real nodes carry four or five
+    // (gantry, station, section, arch), which adds about 80 bytes to the
+    // presence sent on each connect.
+    let labels = std::collections::BTreeMap::from([("role".to_string(), "gantry".to_string())]);
+    let online = Presence::online(since_ms, env!("CARGO_PKG_VERSION").to_string(), labels)
+        .to_cbor()
+        .unwrap_or_default();
     let presence = shared.topic(index, NodeKind::Presence);
     let _ = client.try_publish(presence, QoS::AtLeastOnce, true, online);
     let filters = [NodeKind::Desired, NodeKind::Command, NodeKind::RecordsAck]

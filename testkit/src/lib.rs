@@ -24,6 +24,7 @@ use rumqttc::{
 use time::OffsetDateTime;
 
 pub mod bridge;
+pub mod center;
 pub mod collect;
 pub mod gate;
 pub mod mosquitto;

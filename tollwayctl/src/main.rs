@@ -1,11 +1,16 @@
 //! `tollwayctl`: Operators' command-line tool for Tollway fleets.
 //!
-//! NOTE: only the `pki` and `records` commands exist so far; the fleet
-//! commands are not built yet.
+//! Exit codes: 0 success, 1 failure, 2 usage (bad flags or configuration).
 
+mod apply;
+mod connection;
 mod files;
+mod fleet;
+mod get;
+mod locale;
 mod pki;
 mod records;
+mod table;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,12 +20,22 @@ use serde::Deserialize;
 use tollway_runtime::{CommonArgs, init_logging, load_config};
 use tollway_topics::NodeId;
 
+use crate::connection::{Connection, ConnectionArgs, ConnectionConfig};
+use crate::get::{Output, Resource};
+
 /// Operators' command-line tool for Tollway fleets.
 #[derive(Debug, Parser)]
 #[command(name = "tollwayctl", version)]
 struct Cli {
     #[command(flatten)]
     common: CommonArgs,
+
+    #[command(flatten)]
+    connection: ConnectionArgs,
+
+    /// Output format of `get`, `describe` and `fleet`.
+    #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
+    output: Output,
 
     #[command(subcommand)]
     command: Command,
@@ -41,11 +56,51 @@ enum Command {
         #[command(subcommand)]
         action: PkiAction,
     },
+    /// Validate deployments in a YAML file and publish them.
+    Apply {
+        /// YAML file with one or more deployments separated by `---`.
+        #[arg(short = 'f', long = "filename", value_name = "FILE")]
+        file: PathBuf,
+        /// Validate and print what would be published, without connecting.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete a deployment (its instances stop on every node).
+    Delete {
+        #[arg(value_enum)]
+        kind: DeleteKind,
+        /// Deployment name.
+        name: String,
+    },
+    /// List nodes, deployments or apps from the provincial controller.
+    Get {
+        #[arg(value_enum)]
+        resource: Resource,
+    },
+    /// Show one node in detail.
+    Describe {
+        #[arg(value_enum)]
+        kind: DescribeKind,
+        /// Node id.
+        name: String,
+    },
+    /// Show the per-province fleet summary from the national aggregator.
+    Fleet,
     /// Query toll records stored by a centre.
     Records {
         #[command(subcommand)]
         action: records::RecordsAction,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum DeleteKind {
+    Deployment,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum DescribeKind {
+    Node,
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,10 +129,14 @@ enum PkiAction {
     },
 }
 
-/// Configuration file (TOML). No keys yet; an unknown key is an error.
+/// Configuration file (TOML); an unknown key is an error.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Config {}
+struct Config {
+    /// Broker and API addresses; flags override them.
+    #[serde(default)]
+    connection: ConnectionConfig,
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -85,12 +144,16 @@ fn main() -> ExitCode {
         eprintln!("tollwayctl: {err}");
         return ExitCode::from(2);
     }
-    if let Err(err) = load_config::<Config>(cli.common.config.as_deref()) {
-        eprintln!("tollwayctl: {err}");
-        return ExitCode::from(2);
-    }
+    let config = match load_config::<Config>(cli.common.config.as_deref()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("tollwayctl: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let connection = Connection::resolve(&cli.connection, &config.connection);
 
-    match run(cli.command) {
+    match run(cli.command, cli.output, &connection) {
         Ok(message) => {
             println!("{message}");
             ExitCode::SUCCESS
@@ -102,11 +165,25 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> Result<String, String> {
-    let (dir, force, action) = match command {
-        Command::Pki { dir, force, action } => (dir, force, action),
-        Command::Records { action } => return records::run(action),
-    };
+fn run(command: Command, output: Output, connection: &Connection) -> Result<String, String> {
+    match command {
+        Command::Pki { dir, force, action } => run_pki(dir, force, action),
+        Command::Apply { file, dry_run } => apply::apply(&file, dry_run, connection),
+        Command::Delete {
+            kind: DeleteKind::Deployment,
+            name,
+        } => apply::delete(&name, connection),
+        Command::Get { resource } => get::get(resource, output, connection),
+        Command::Describe {
+            kind: DescribeKind::Node,
+            name,
+        } => get::describe_node(&name, output, connection),
+        Command::Fleet => fleet::fleet(output, connection),
+        Command::Records { action } => records::run(action),
+    }
+}
+
+fn run_pki(dir: PathBuf, force: bool, action: PkiAction) -> Result<String, String> {
     let issued = match action {
         PkiAction::Init { days } => pki::init_ca(&dir, days, force),
         PkiAction::IssueNode { node, days } => {

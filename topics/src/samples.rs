@@ -178,6 +178,42 @@ pub fn presence_online() -> Presence {
         online: true,
         since_ms: Some(1_796_358_000_000),
         version: Some("0.1.0".to_string()),
+        labels: BTreeMap::new(),
+    }
+}
+
+/// Returns the online presence of a gantry node with typical labels.
+pub fn presence_labelled() -> Presence {
+    Presence::online(
+        1_796_358_000_000,
+        "0.1.0".to_string(),
+        BTreeMap::from([
+            ("arch".to_string(), "arm64".to_string()),
+            ("gantry".to_string(), "G001544001000201010".to_string()),
+            ("role".to_string(), "gantry".to_string()),
+            ("section".to_string(), "G15-03".to_string()),
+            ("station".to_string(), "S4401-0017".to_string()),
+        ]),
+    )
+}
+
+/// Returns the summary of a province with a few nodes offline or behind.
+pub fn province_status() -> ProvinceStatus {
+    ProvinceStatus {
+        province: province(),
+        time_ms: 1_796_358_960_000,
+        nodes_total: 8_412,
+        nodes_online: 8_397,
+        nodes_converged: 8_380,
+        nodes_behind: 17,
+        nodes_rejecting: 1,
+        outbox_backlog: 52_310,
+        oldest_undelivered_s: Some(5_400),
+        nodes_backpressure: 0,
+        apps_failed: 3,
+        deployments: 6,
+        deployments_rejected: 1,
+        records_per_hour: Some(1_204_311),
     }
 }
 

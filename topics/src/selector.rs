@@ -152,7 +152,7 @@ impl FromStr for Requirement {
 }
 
 /// Validates a label key: 1 to 63 characters of `a-z`, `0-9`, `.`, `_`, `-`.
-fn label_key(key: &str) -> Result<String, String> {
+pub(crate) fn label_key(key: &str) -> Result<String, String> {
     if key.is_empty() || key.len() > MAX_NAME_LEN {
         return Err(format!(
             "label key {key:?} must have 1 to {MAX_NAME_LEN} characters"

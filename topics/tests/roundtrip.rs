@@ -300,6 +300,42 @@ fn forward_batch() -> impl Strategy<Value = ForwardBatch> {
         })
 }
 
+fn province_status() -> impl Strategy<Value = ProvinceStatus> {
+    (
+        (
+            proptest::sample::select(Province::all().collect::<Vec<_>>()),
+            any::<u64>(),
+            any::<u32>(),
+        ),
+        (any::<u64>(), option::of(any::<u32>()), any::<u32>()),
+        (any::<u32>(), any::<u32>(), option::of(any::<u64>())),
+        vec(any::<u32>(), 5),
+    )
+        .prop_map(|(head, backlog, objects, fractions)| {
+            let (province, time_ms, nodes_total) = head;
+            let (outbox_backlog, oldest_undelivered_s, apps_failed) = backlog;
+            let (deployments, deployments_rejected, records_per_hour) = objects;
+            // Node counts never exceed the total, as validation requires.
+            let part = |index: usize| fractions[index] % nodes_total.saturating_add(1);
+            ProvinceStatus {
+                province,
+                time_ms,
+                nodes_total,
+                nodes_online: part(0),
+                nodes_converged: part(1),
+                nodes_behind: part(2),
+                nodes_rejecting: part(3),
+                outbox_backlog,
+                oldest_undelivered_s,
+                nodes_backpressure: part(4),
+                apps_failed,
+                deployments,
+                deployments_rejected,
+                records_per_hour,
+            }
+        })
+}
+
 fn assert_round_trip<M: Message + PartialEq + std::fmt::Debug>(
     value: &M,
 ) -> Result<(), TestCaseError> {
@@ -341,8 +377,13 @@ proptest! {
     }
 
     #[test]
-    fn presence_round_trips(online: bool, since_ms in option::of(any::<u64>()), version in option::of("[0-9.]{1,10}")) {
-        assert_round_trip(&Presence { online, since_ms, version })?;
+    fn presence_round_trips(online: bool, since_ms in option::of(any::<u64>()), version in option::of("[0-9.]{1,10}"), labels in btree_map("[a-z][a-z0-9.-]{0,20}", "[A-Za-z0-9_.-]{1,30}", 0..8)) {
+        assert_round_trip(&Presence { online, since_ms, version, labels })?;
+    }
+
+    #[test]
+    fn province_status_round_trips(value in province_status()) {
+        assert_round_trip(&value)?;
     }
 
     #[test]
@@ -403,6 +444,7 @@ proptest! {
         let _ = DesiredState::from_cbor(&bytes);
         let _ = NodeStatus::from_cbor(&bytes);
         let _ = Presence::from_cbor(&bytes);
+        let _ = ProvinceStatus::from_cbor(&bytes);
         let _ = Command::from_cbor(&bytes);
         let _ = CommandResult::from_cbor(&bytes);
         let _ = HourlySummary::from_cbor(&bytes);

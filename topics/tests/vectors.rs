@@ -117,6 +117,7 @@ fn troubled_status_vector() {
 fn presence_vectors() {
     check_vector("presence_online", samples::presence_online());
     check_vector("presence_offline", tollway_topics::Presence::offline());
+    check_vector("presence_labelled", samples::presence_labelled());
 }
 
 #[test]
@@ -144,6 +145,11 @@ fn forward_batch_vectors() {
 fn bridge_state_and_event_vectors() {
     check_vector("bridge_state", samples::bridge_state());
     check_vector("center_event", samples::center_event());
+}
+
+#[test]
+fn province_status_vector() {
+    check_vector("province_status", samples::province_status());
 }
 
 #[test]

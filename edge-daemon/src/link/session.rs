@@ -2,6 +2,7 @@
 //! fails over between endpoints and rebuilds the client after repeated
 //! errors.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,6 +26,8 @@ pub struct Link {
     node: NodeId,
     province: Province,
     version: String,
+    /// Carried in the online presence so the controller can place apps.
+    labels: BTreeMap<String, String>,
     config: LinkConfig,
     tls: TlsFiles,
     inbound: Inbound,
@@ -43,6 +46,7 @@ impl Link {
         node: NodeId,
         province: Province,
         version: &str,
+        labels: BTreeMap<String, String>,
         config: LinkConfig,
         tls: TlsFiles,
         inbound: Inbound,
@@ -64,6 +68,7 @@ impl Link {
             node,
             province,
             version: version.to_string(),
+            labels,
             config,
             tls,
             inbound,
@@ -139,11 +144,7 @@ impl Link {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let online = Presence {
-            online: true,
-            since_ms: Some(since_ms),
-            version: Some(self.version.clone()),
-        };
+        let online = Presence::online(since_ms, self.version.clone(), self.labels.clone());
         match online.to_cbor() {
             Ok(payload) => {
                 if let Err(err) = client.try_publish(

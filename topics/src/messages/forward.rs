@@ -192,11 +192,14 @@ impl Message for CenterEvent {
 
 crate::messages::record::code_enum! {
     /// The kind of a centre event.
-    EventKind, expected "1 (object rejected) to 4 (replay requested)" {
+    EventKind, expected "1 (object rejected) to 5 (placement shortfall)" {
         #[default]
         ObjectRejected = 1,
         HourIncomplete = 2,
         HourComplete = 3,
         ReplayRequested = 4,
+        /// A deployment runs fewer instances than it asks for, because too
+        /// few nodes or spread domains match.
+        PlacementShortfall = 5,
     }
 }

@@ -1,0 +1,80 @@
+//! The `[controller]` section of `tollway-center`'s configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use tollway_topics::Province;
+
+use crate::mqtt_link::BrokerConfig;
+
+/// Settings of the provincial controller.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerConfig {
+    /// The province's two-digit code, e.g. 44.
+    pub province: u8,
+    /// RocksDB directory for the node inventory, deployments, placement and
+    /// generations.
+    pub data_dir: PathBuf,
+    /// Seconds a node may stay offline before its replica instances move
+    /// to other nodes; per-node instances never move. Default 600.
+    #[serde(default = "default_grace_period_s")]
+    pub grace_period_s: u64,
+    /// Seconds between province status messages on `center/status`.
+    /// Default 60.
+    #[serde(default = "default_status_interval_s")]
+    pub status_interval_s: u64,
+    /// Loopback address of the read-only HTTP API that `tollwayctl get` and
+    /// `describe` use. Default `127.0.0.1:8470`.
+    #[serde(default = "default_api_bind")]
+    pub api_bind: SocketAddr,
+    /// Maximum nodes in the inventory; presence or status from further
+    /// nodes is logged and ignored. Default 20,000.
+    #[serde(default = "default_max_nodes")]
+    pub max_nodes: usize,
+    /// Maximum deployments; further deployments are rejected with an event.
+    /// Default 256.
+    #[serde(default = "default_max_deployments")]
+    pub max_deployments: usize,
+    pub broker: BrokerConfig,
+}
+
+fn default_grace_period_s() -> u64 {
+    600
+}
+fn default_status_interval_s() -> u64 {
+    60
+}
+fn default_api_bind() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8470))
+}
+fn default_max_nodes() -> usize {
+    20_000
+}
+fn default_max_deployments() -> usize {
+    256
+}
+
+impl ControllerConfig {
+    /// Returns every problem with the settings, each naming the key.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Err(err) = Province::new(self.province) {
+            problems.push(format!("controller.province: {err}"));
+        }
+        if self.status_interval_s == 0 {
+            problems.push("controller.status_interval_s: must be at least 1".to_string());
+        }
+        if self.max_nodes == 0 {
+            problems.push("controller.max_nodes: must be at least 1".to_string());
+        }
+        if self.max_deployments == 0 {
+            problems.push("controller.max_deployments: must be at least 1".to_string());
+        }
+        if let Some(problem) = self.broker.backoff.problem() {
+            problems.push(format!("controller.broker.backoff: {problem}"));
+        }
+        problems
+    }
+}

@@ -1,0 +1,226 @@
+//! The provincial controller (scheduler): keeps the node inventory, places
+//! deployments on nodes and publishes each node's desired state.
+//!
+//! Files: `config.rs` (the `[controller]` section), `inventory.rs` (node
+//! records), `store.rs` (RocksDB), `placement.rs` (the placement rules),
+//! `state.rs` (the state and publish queues), `intake.rs` (incoming
+//! messages), `reconcile.rs` (placement to desired states and events),
+//! `view.rs` (API snapshot and province status), `api.rs` (HTTP).
+
+pub mod api;
+pub mod config;
+pub mod intake;
+pub mod inventory;
+pub mod placement;
+pub mod reconcile;
+pub mod state;
+pub mod store;
+pub mod view;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rumqttc::{AsyncClient, QoS};
+use tokio::sync::{mpsc, watch};
+use tollway_runtime::{CancellationToken, Shutdown};
+use tollway_topics::topic::{node_filter, ops_filter};
+use tollway_topics::{CenterKind, Message, NodeKind, OpsKind, Province, Topic};
+
+pub use config::ControllerConfig;
+use state::Controller;
+use store::Store;
+
+use crate::mqtt_link::{self, LinkEvent};
+
+/// Capacity of the channel from the broker link to the controller task.
+const LINK_CHANNEL: usize = 4096;
+/// How long the controller waits after a change before it reconciles, so
+/// that a burst of messages (a reconnect storm) costs one reconcile.
+const RECONCILE_DEBOUNCE: Duration = Duration::from_millis(200);
+/// How often the controller reconciles without a change, to move replicas
+/// off nodes whose grace period ran out.
+const RECONCILE_PERIOD: Duration = Duration::from_secs(5);
+/// Delay after a connect before the controller subscribes to the
+/// deployment topics a second time; see `run_loop`.
+const OPS_RESUBSCRIBE_DELAY: Duration = Duration::from_secs(2);
+/// Minimum time between API snapshots.
+const SNAPSHOT_PERIOD: Duration = Duration::from_millis(500);
+
+/// A controller that could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid [controller] configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Link(#[from] mqtt_link::LinkError),
+    #[error("cannot listen for the controller API on {addr}: {source}")]
+    Api {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Starts the controller's tasks (broker link, controller loop, API) under
+/// `shutdown`.
+pub async fn start(config: ControllerConfig, shutdown: &mut Shutdown) -> Result<(), StartError> {
+    let problems = config.problems();
+    if !problems.is_empty() {
+        return Err(StartError::Config(problems.join("; ")));
+    }
+    let province =
+        Province::new(config.province).map_err(|err| StartError::Config(err.to_string()))?;
+    let store = Store::open(&config.data_dir)?;
+    let loaded = store.load()?;
+    tracing::info!(
+        province = %province,
+        nodes = loaded.nodes.len(),
+        deployments = loaded.deployments.len(),
+        "controller store loaded"
+    );
+    let controller = Controller::new(
+        province,
+        store,
+        loaded,
+        config.grace_period_s.saturating_mul(1000),
+        config.max_nodes,
+        config.max_deployments,
+    );
+
+    let listener = tokio::net::TcpListener::bind(config.api_bind)
+        .await
+        .map_err(|source| StartError::Api {
+            addr: config.api_bind,
+            source,
+        })?;
+    let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(controller.snapshot()));
+    let token = shutdown.token();
+    let api_token = token.clone();
+    shutdown.spawn("controller-api", async move {
+        tracing::info!(addr = %config.api_bind, "controller API listening");
+        let server = axum::serve(listener, api::router(snapshot_rx))
+            .with_graceful_shutdown(async move { api_token.cancelled().await });
+        if let Err(err) = server.await {
+            tracing::error!(%err, "controller API failed");
+        }
+    });
+
+    let (client, eventloop) = mqtt_link::connect(&config.broker)?;
+    let filters = vec![
+        node_filter(province, NodeKind::Presence),
+        node_filter(province, NodeKind::Status),
+        ops_filter(OpsKind::Deployment),
+    ];
+    let (events_tx, events_rx) = mpsc::channel(LINK_CHANNEL);
+    shutdown.spawn(
+        "controller-link",
+        mqtt_link::run_link(
+            "controller",
+            client.clone(),
+            eventloop,
+            filters,
+            config.broker.backoff,
+            events_tx,
+            token.clone(),
+        ),
+    );
+    let status_period = Duration::from_secs(config.status_interval_s);
+    shutdown.spawn(
+        "controller",
+        run_loop(
+            controller,
+            client,
+            events_rx,
+            snapshot_tx,
+            status_period,
+            token,
+        ),
+    );
+    Ok(())
+}
+
+/// Runs the controller task: applies incoming messages, reconciles and publishes.
+async fn run_loop(
+    mut controller: Controller,
+    client: AsyncClient,
+    mut events: mpsc::Receiver<LinkEvent>,
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    status_period: Duration,
+    token: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(RECONCILE_DEBOUNCE);
+    let mut last_reconcile = tokio::time::Instant::now();
+    let mut last_snapshot = tokio::time::Instant::now();
+    let mut status_tick = tokio::time::interval(status_period);
+    let status_topic = Topic::center(controller.province, CenterKind::Status).to_string();
+    let ops = ops_filter(OpsKind::Deployment);
+    let mut resubscribe_at: Option<tokio::time::Instant> = None;
+    tracing::info!("controller started");
+
+    loop {
+        tokio::select! {
+            () = token.cancelled() => break,
+            event = events.recv() => match event {
+                Some(LinkEvent::Message { topic, payload }) => {
+                    controller.handle_message(&topic, &payload, now_ms());
+                }
+                Some(LinkEvent::Connected { session_present }) => {
+                    if !session_present {
+                        controller.republish_all();
+                    }
+                    resubscribe_at = Some(tokio::time::Instant::now() + OPS_RESUBSCRIBE_DELAY);
+                }
+                None => break,
+            },
+            _ = tick.tick() => {
+                // NOTE: in one test run, a deployment published while the
+                // first subscription was being set up never reached the
+                // controller; the cause in the broker is not confirmed. The
+                // controller therefore requests the retained deployments once
+                // more. Repeats are ignored because they equal the stored ones.
+                if resubscribe_at.is_some_and(|at| at <= tokio::time::Instant::now()) {
+                    resubscribe_at = None;
+                    if let Err(err) = client.try_subscribe(&ops, QoS::AtLeastOnce) {
+                        tracing::warn!(%err, "cannot repeat the deployment subscription");
+                    }
+                }
+                if controller.dirty || last_reconcile.elapsed() >= RECONCILE_PERIOD {
+                    controller.reconcile(now_ms());
+                    last_reconcile = tokio::time::Instant::now();
+                }
+                controller.flush(&client);
+                if controller.view_stale && last_snapshot.elapsed() >= SNAPSHOT_PERIOD {
+                    snapshot.send_replace(Arc::new(controller.snapshot()));
+                    controller.view_stale = false;
+                    last_snapshot = tokio::time::Instant::now();
+                }
+            }
+            _ = status_tick.tick() => {
+                let status = controller.province_status(now_ms());
+                match status.to_cbor() {
+                    Ok(payload) => {
+                        if let Err(err) = client.try_publish(&status_topic, QoS::AtLeastOnce, false, payload) {
+                            tracing::warn!(%err, "cannot queue the province status; sending the next one on time");
+                        }
+                    }
+                    Err(err) => tracing::error!(%err, "cannot encode the province status"),
+                }
+            }
+        }
+    }
+    tracing::info!(
+        pending = controller.pending_publishes(),
+        "controller stopped"
+    );
+}
+
+use view::Snapshot;
+
+/// Returns the current time in Unix milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
