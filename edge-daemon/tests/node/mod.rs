@@ -352,6 +352,15 @@ impl Centre {
         self.state.lock().unwrap().acks_enabled = enabled;
     }
 
+    /// Publishes `payload` with QoS 1 on `node`'s topic ending in `suffix`.
+    pub async fn publish_to(&self, node: &str, suffix: &str, payload: Vec<u8>, retain: bool) {
+        let topic = format!("tollway/v1/{PROVINCE}/node/{node}/{suffix}");
+        self.client
+            .publish(topic, QoS::AtLeastOnce, retain, payload)
+            .await
+            .unwrap();
+    }
+
     /// Sends a command to `node` on its `cmd` topic.
     pub async fn send_command(&self, node: &str, command: &NodeCommand) {
         let topic = format!("tollway/v1/{PROVINCE}/node/{node}/cmd");
