@@ -389,3 +389,97 @@ async fn toll_app_records_reach_intake() {
     stop_intake.cancel();
     let _ = intake_task.await;
 }
+
+// Four workers, because the counts polling below blocks one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn toll_app_resends_after_intake_restart() {
+    let image = podman::toll_app_image("1.0.0");
+    let mut node = TestNode::start("resend", test_config());
+    let outbox = node.outbox();
+    let config = IntakeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..IntakeConfig::default()
+    };
+    let intake = Intake::bind(config.clone(), std::sync::Arc::clone(&outbox))
+        .await
+        .expect("intake binds");
+    let intake_addr = intake.local_addr().unwrap();
+    let stop_first = tollway_runtime::CancellationToken::new();
+    let first_task = tokio::spawn(intake.run(stop_first.clone()));
+
+    let counts_dir = tempfile::tempdir().unwrap();
+    let mut spec = toll_app(&image);
+    spec.env.insert("TOLL_APP_RATE".into(), "100".into());
+    spec.env
+        .insert("TOLL_APP_INTAKE".into(), intake_addr.to_string());
+    spec.env
+        .insert("TOLL_APP_COUNTS_DIR".into(), "/data".into());
+    spec.mounts.push(Mount {
+        source: counts_dir.path().display().to_string(),
+        target: "/data".into(),
+        read_only: false,
+    });
+    node.send(&desired(1, vec![spec]));
+    node.wait_running(1, "toll-app").await;
+    let counts_path = counts_dir.path().join("counts-1.0.0.json");
+    let read_counts = || -> serde_json::Value {
+        std::fs::read(&counts_path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    };
+    let wait_counts = |what: &'static str, done: &dyn Fn(&serde_json::Value) -> bool| {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let counts = read_counts();
+            if done(&counts) {
+                return counts;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}; counts: {counts}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    wait_counts("no records acknowledged", &|c| {
+        c["acked"].as_u64() > Some(50)
+    });
+
+    // The intake goes away for a while, then comes back on the same port.
+    stop_first.cancel();
+    first_task.await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let second = Intake::bind(
+        IntakeConfig {
+            listen: intake_addr,
+            ..config
+        },
+        std::sync::Arc::clone(&outbox),
+    )
+    .await
+    .expect("intake binds again on the same port");
+    let stop_second = tollway_runtime::CancellationToken::new();
+    let second_task = tokio::spawn(second.run(stop_second.clone()));
+
+    let before = read_counts()["acked"].as_u64().unwrap();
+    wait_counts(
+        "acknowledgements did not resume after the intake came back",
+        &|c| c["reconnects"].as_u64() >= Some(1) && c["acked"].as_u64() > Some(before + 100),
+    );
+
+    // Stop the app so its counts are final, then compare with the outbox.
+    node.send(&desired(2, Vec::new()));
+    node.wait_for("app removed", |report| report.generation == 2)
+        .await;
+    let counts = wait_counts("no final counts", &|c| c["stopped"] == true);
+    let acked = counts["acked"].as_u64().unwrap();
+    let stored = outbox.stats(std::time::SystemTime::now()).unwrap().next_seq - 1;
+    assert!(
+        stored >= acked,
+        "outbox holds {stored} records, the app saw {acked} acknowledged"
+    );
+
+    stop_second.cancel();
+    second_task.await.unwrap();
+}

@@ -9,8 +9,8 @@
 //! reaches the intake twice in that case.
 //!
 //! NOTE: the intake gives a resent record a new sequence number, so a lost
-//! PUBACK duplicates that transaction downstream; only its transaction id
-//! tells the copies apart.
+//! PUBACK duplicates that transaction downstream, and only its transaction
+//! id identifies the copies.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -30,7 +30,7 @@ pub struct PublisherConfig {
 
 /// One record kept until the intake acknowledges it.
 #[derive(Debug, Clone)]
-struct Held {
+struct HeldRecord {
     /// Order of production, so resends keep the original order.
     id: u64,
     payload: Vec<u8>,
@@ -52,12 +52,12 @@ pub struct Publisher {
     client: AsyncClient,
     event_loop: EventLoop,
     /// Records not yet handed to the client.
-    backlog: VecDeque<Held>,
+    backlog: VecDeque<HeldRecord>,
     /// Records handed to the client whose packet id is not known yet; the
     /// client sends them in order, so each `Outgoing::Publish` pops the front.
-    handed: VecDeque<Held>,
+    handed: VecDeque<HeldRecord>,
     /// Records sent under a packet id, waiting for their PUBACK.
-    inflight: HashMap<u16, Held>,
+    inflight: HashMap<u16, HeldRecord>,
     next_id: u64,
 }
 
@@ -83,7 +83,7 @@ impl Publisher {
     /// Queues one encoded record for sending.
     pub fn push(&mut self, payload: Vec<u8>) {
         self.next_id += 1;
-        self.backlog.push_back(Held {
+        self.backlog.push_back(HeldRecord {
             id: self.next_id,
             payload,
         });
@@ -118,7 +118,7 @@ impl Publisher {
     /// Drops the broken client, puts every unacknowledged record back in the
     /// backlog in production order and connects again.
     pub fn reconnect(&mut self) {
-        let mut unacked: Vec<Held> = self.inflight.drain().map(|(_, held)| held).collect();
+        let mut unacked: Vec<HeldRecord> = self.inflight.drain().map(|(_, held)| held).collect();
         unacked.extend(self.handed.drain(..));
         unacked.extend(self.backlog.drain(..));
         unacked.sort_by_key(|held| held.id);
