@@ -232,7 +232,7 @@ async fn restart_keeps_every_record() {
         "tollway-center exited with {status} on SIGTERM"
     );
 
-    let center = Center::restart(&dir, 1);
+    let center = Center::restart(&dir, 3);
     node.send(5, 20).await;
     assert_eq!(node.next_ack(WAIT).await, 20);
 
@@ -372,4 +372,39 @@ async fn records_query_command_prints_records() {
         .output()
         .unwrap();
     assert_eq!(usage.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ingest_reconnects_after_broker_restart() {
+    let files = BrokerFiles::province();
+    let broker = files.start();
+    let center = Center::start(
+        &files,
+        &files.dir.path().join("center"),
+        &CenterSpec::ingest("center"),
+    );
+    {
+        let mut node = SimNode::connect(&files, "n1").await;
+        node.send(1, 10).await;
+        assert_eq!(node.next_ack(WAIT).await, 10);
+    }
+
+    let granted = center.stat("subscriptions_granted");
+    assert_eq!(granted, 3);
+    let status = broker.stop();
+    assert!(status.success(), "broker exited with {status}");
+    let _broker = files.start();
+    // The ingest reconnects with back-off and subscribes again. Batches
+    // published before that reach no subscriber; a node sends them again.
+    center.wait_stat(
+        "subscriptions_granted",
+        granted + 3,
+        Duration::from_secs(20),
+    );
+
+    let mut node = SimNode::connect(&files, "n1").await;
+    node.send(11, 20).await;
+    assert_eq!(node.next_ack(WAIT).await, 20);
+    assert_eq!(center.stat("records_stored"), 20);
+    assert_eq!(center.gantry_records().len(), 20);
 }

@@ -86,6 +86,12 @@ impl CenterSpec {
         }
     }
 
+    /// Subscriptions the process makes: three filters for the ingest, one
+    /// each for the forwarder and the national ingest.
+    pub fn subscriptions(&self) -> u64 {
+        3 * self.ingest as u64 + self.forwarder as u64 + self.national as u64
+    }
+
     pub fn national(client_id: &str) -> Self {
         CenterSpec {
             ingest: false,
@@ -135,11 +141,7 @@ impl Center {
         }
         let config = dir.join("center.toml");
         std::fs::write(&config, text).unwrap();
-        Center::start_with(
-            &config,
-            query_port,
-            spec.ingest as u64 + spec.forwarder as u64 + spec.national as u64,
-        )
+        Center::start_with(&config, query_port, spec.subscriptions())
     }
 
     /// Starts the process again on the configuration that [`Center::start`]
