@@ -8,10 +8,10 @@
 //!   with `colocate_with: OTHER`, when OTHER is placed on it.
 //! - `per-node`: every matching node, online or not, runs one instance, so
 //!   a node that joins later gets one and an offline node keeps its own.
-//! - `replicas: N`: N matching nodes in N different `spread_by` domains
-//!   (the node itself, or its `station` or `section` label; a node without
-//!   that label is not a candidate). Only nodes online, or offline for less
-//!   than the grace period, are candidates.
+//! - `replicas: N`: N matching nodes in N different `spread_by` domains:
+//!   the node itself, or its `station` or `section` label. A node without
+//!   that label is not a candidate, and neither is a node offline for longer
+//!   than the grace period.
 //! - Stability: a replica stays where it was while its node is still a
 //!   candidate and its domain is not taken by an earlier kept replica; new
 //!   replicas go to the least loaded candidate in an unused domain, ties
@@ -36,7 +36,7 @@ pub struct Placement {
     pub problems: BTreeMap<ObjectName, Problem>,
 }
 
-/// Why a deployment is not placed as asked.
+/// The reason a deployment is not placed as asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Problem {
     /// The deployment is not placed at all.
@@ -123,7 +123,7 @@ pub fn place(
     placement
 }
 
-/// Picks the replicas of one deployment; returns them and the number of
+/// Picks the replicas of one deployment. Returns them and the number of
 /// spread domains that had a candidate.
 fn choose_replicas<'a>(
     name: &ObjectName,
@@ -192,9 +192,9 @@ fn spread_name(spread_by: SpreadBy) -> &'static str {
     spread_by.label().unwrap_or("node")
 }
 
-/// A stable pseudo-random rank of a node for one deployment (64-bit
-/// FNV-1a), so that deployments with equal loads do not all pick the same
-/// first nodes and the choice does not change between program versions.
+/// Returns a stable pseudo-random rank of a node for one deployment
+/// (64-bit FNV-1a). Deployments with equal loads then do not all pick the
+/// same first nodes, and the choice does not change between program versions.
 fn rank(name: &ObjectName, node: &NodeId) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in name
