@@ -58,7 +58,8 @@ async fn centre_messages_reach_link_outputs() {
     };
     let node = NodeId::new("G0015-0200").unwrap();
     let province = Province::new(PROVINCE).unwrap();
-    let (link, handle) = Link::new(node, province, "test", config, tls, inbound);
+    let labels = std::collections::BTreeMap::from([("role".to_string(), "gantry".to_string())]);
+    let (link, handle) = Link::new(node, province, "test", labels, config, tls, inbound);
     let cancel = CancellationToken::new();
     let task = tokio::spawn(link.run(cancel.clone()));
 
