@@ -33,7 +33,7 @@ struct Cli {
     #[command(flatten)]
     connection: ConnectionArgs,
 
-    /// Output format of `get`, `describe` and `fleet`.
+    /// Output format of `get`, `describe`, `fleet` and `records query`.
     #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
     output: Output,
 
@@ -179,7 +179,7 @@ fn run(command: Command, output: Output, connection: &Connection) -> Result<Stri
             name,
         } => get::describe_node(&name, output, connection),
         Command::Fleet => fleet::fleet(output, connection),
-        Command::Records { action } => records::run(action),
+        Command::Records { action } => records::run(action, output),
     }
 }
 

@@ -5,8 +5,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use serde_json::Value;
+
+use crate::get::Output;
 
 /// Time one request may take before the command gives up.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -47,20 +49,11 @@ pub struct QueryArgs {
     /// Print count, fee sum and pay-fee sum per hour batch instead of records.
     #[arg(long)]
     hourly: bool,
-
-    /// Output format.
-    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
-    output: Output,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Output {
-    Table,
-    Json,
-}
-
-/// Runs a `records` command and returns what to print.
-pub fn run(action: RecordsAction) -> Result<String, String> {
+/// Runs a `records` command and returns what to print in the global
+/// `-o` format.
+pub fn run(action: RecordsAction, output: Output) -> Result<String, String> {
     let RecordsAction::Query(args) = action;
     let path = if args.hourly {
         "/v1/hours"
@@ -79,7 +72,7 @@ pub fn run(action: RecordsAction) -> Result<String, String> {
     }
 
     let body = get_json(&url, args.api)?;
-    match (args.output, args.hourly) {
+    match (output, args.hourly) {
         (Output::Json, _) => serde_json::to_string_pretty(&body).map_err(|err| err.to_string()),
         (Output::Table, false) => Ok(records_table(&body)),
         (Output::Table, true) => Ok(hours_table(&body)),
