@@ -2,8 +2,10 @@
 //! is in the configuration file, so one process can run several of them
 //! (a province's ingest, forwarder and query API) or just one.
 //!
-//! Services are listed in [`SERVICES`]; a new service adds its config
-//! section in `config.rs` and one entry there.
+//! The record services (this binary's modules) are listed in [`SERVICES`]:
+//! a new one adds its config section in `config.rs` and one entry there.
+//! The controller and the aggregator live in the library and start after
+//! them, in `start_library_services`.
 
 mod config;
 mod forwarder;

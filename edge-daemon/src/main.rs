@@ -2,11 +2,8 @@
 //!
 //! Wires the parts to the configuration file and signals: the record
 //! intake and outbox, the MQTT link, the uplink of records, commands,
-//! status, hourly summaries and retention.
-//!
-//! NOTE: the app manager (desired state and Podman) does not run yet. The
-//! link fills the desired-state inbox and the status reports an empty app
-//! list with generation 0 until it does.
+//! status, hourly summaries, retention and the app manager (desired state
+//! and Podman).
 
 use std::process::ExitCode;
 use std::sync::Arc;
