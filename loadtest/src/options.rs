@@ -29,11 +29,9 @@ pub struct CommonOptions {
     #[arg(long, value_name = "PATH", default_value = "mosquitto_passwd")]
     pub mosquitto_passwd_bin: PathBuf,
 
-    // NOTE: 60 s (and the idle scenario's 300 s heartbeat) are assumed;
-    // the edge daemon's uplink, which will set the real values, is not
-    // built yet.
     /// MQTT keep-alive of each simulated node, in seconds (1 to 65535).
-    #[arg(long, value_name = "SECONDS", default_value_t = 60,
+    /// The default is the edge daemon's `link.keep_alive_s`.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120,
           value_parser = clap::value_parser!(u64).range(1..=65535))]
     pub keep_alive_s: u64,
 
