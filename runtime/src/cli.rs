@@ -10,7 +10,9 @@ use crate::logging::LogFormat;
 /// `clap` parser.
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
-    /// Configuration file (TOML). Without it, every key takes its default.
+    /// Configuration file (TOML). Without it, every key takes its default,
+    /// and a program with required keys (node, profile, province) stops
+    /// with an error naming the first one missing.
     #[arg(long, short = 'c', value_name = "FILE", env = "TOLLWAY_CONFIG")]
     pub config: Option<PathBuf>,
 

@@ -25,7 +25,7 @@ pub enum ConfigError {
     /// A TOML syntax error, an unknown key, or a key with a value of the wrong
     /// type. The message from `toml` names the key, the line and what was expected.
     #[error(
-        "invalid config file {path}: {message}\nfix or remove the key named above; the program's --help lists the options"
+        "invalid config file {path}: {message}\nadd, fix or remove the key named above; the sample configurations under deploy/ show every key"
     )]
     Parse { path: PathBuf, message: String },
 
