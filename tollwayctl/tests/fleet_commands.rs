@@ -254,3 +254,23 @@ password_file = "{password}"
         "nodes, online, offline in: {fleet}"
     );
 }
+
+#[test]
+fn example_deployments_pass_dry_run() {
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/examples/deployments.yaml"
+    );
+    let output = ctl(&["apply", "-f", file, "--dry-run"], &[]);
+
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(
+        text.contains("tollway/v1/ops/deployments/toll-app"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tollway/v1/ops/deployments/plate-audit"),
+        "{text}"
+    );
+}
