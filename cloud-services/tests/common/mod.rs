@@ -412,6 +412,14 @@ impl SimNode {
             .unwrap()
     }
 
+    /// Waits up to `timeout` for the next RecordAck; `None` when none came.
+    pub async fn try_next_ack(&mut self, timeout: Duration) -> Option<u64> {
+        tokio::time::timeout(timeout, self.acks.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// Waits for the next command.
     pub async fn next_command(&mut self, timeout: Duration) -> Command {
         tokio::time::timeout(timeout, self.commands.recv())
