@@ -139,9 +139,8 @@ async fn run(config: Config) -> ExitCode {
 
 /// Starts the controller and the aggregator, which live in the library and
 /// keep their own broker connections.
-// NOTE: the record services (this binary's modules) and the controller and
-// aggregator (the library) each have their own MQTT connection helper
-// (`mqtt.rs` and `mqtt_link.rs`); one shared helper is due.
+// NOTE: the record services use `mqtt.rs` and the controller and
+// aggregator use `mqtt_link.rs`, two MQTT connection helpers for one job.
 async fn start_library_services(config: &Config, shutdown: &mut Shutdown) -> anyhow::Result<()> {
     if let Some(section) = &config.controller {
         tollway_center::controller::start(section.clone(), shutdown).await?;

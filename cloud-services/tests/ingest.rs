@@ -402,8 +402,8 @@ async fn ingest_reconnects_after_broker_restart() {
         Duration::from_secs(20),
     );
 
-    // The ingest's publishing connection may still be reconnecting, and an
-    // ack published meanwhile is lost; like the edge daemon, the node sends
+    // The ingest's publishing connection may still be reconnecting, so an
+    // ack published meanwhile is lost. Like the edge daemon, the node sends
     // the batch again until it is acknowledged.
     let mut node = SimNode::connect(&files, "n1").await;
     let mut acked = None;

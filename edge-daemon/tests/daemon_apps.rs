@@ -1,5 +1,5 @@
 //! The whole daemon with its apps, end to end. A centre publishes a desired
-//! state retained on the real `tollway-broker`; the running `tollway-edge`
+//! state retained on the real `tollway-broker`. The running `tollway-edge`
 //! receives it over its mutual-TLS link and starts the toll app in real
 //! Podman. The app's records come back through the intake and the uplink,
 //! and the status reports the generation that runs. The app tests drive

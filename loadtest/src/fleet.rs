@@ -598,9 +598,8 @@ async fn session(shared: &Shared, index: usize, reached_up: &AtomicBool) -> Sess
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    // NOTE: simulated nodes carry one label; real nodes carry four or five
-    // (gantry, station, section, arch), which adds about 80 bytes to the
-    // presence sent on each connect.
+    // NOTE: simulated nodes carry one label. Real nodes carry four or five
+    // (gantry, station, section, arch), about 80 more bytes per presence.
     let labels = std::collections::BTreeMap::from([("role".to_string(), "gantry".to_string())]);
     let online = Presence::online(since_ms, env!("CARGO_PKG_VERSION").to_string(), labels)
         .to_cbor()

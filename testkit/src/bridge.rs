@@ -162,20 +162,7 @@ impl Bridge {
 
     /// Sends SIGTERM and waits up to 10 s for the process to exit.
     pub fn stop(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(status.success(), "kill -TERM {pid} failed");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tollway-bridge did not stop within 10 s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        crate::terminate(&mut self.child, "tollway-bridge", Duration::from_secs(10))
     }
 }
 

@@ -98,21 +98,9 @@ impl Center {
         center
     }
 
-    /// Sends SIGTERM and waits for the exit status.
+    /// Sends SIGTERM and waits up to 15 s for the exit status.
     pub fn stop(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tollway-center did not stop within 15 s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        crate::terminate(&mut self.child, "tollway-center", Duration::from_secs(15))
     }
 }
 

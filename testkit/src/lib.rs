@@ -317,22 +317,9 @@ impl Broker {
         self.child.wait().unwrap();
     }
 
-    /// Sends SIGTERM and waits for the process to exit.
+    /// Sends SIGTERM and waits up to 10 s for the process to exit.
     pub fn stop(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(status.success(), "kill -TERM {pid} failed");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "broker did not stop within 10 s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        terminate(&mut self.child, "tollway-broker", Duration::from_secs(10))
     }
 }
 
@@ -340,6 +327,26 @@ impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Sends SIGTERM to `child` and returns its exit status, failing the test
+/// when `program` has not exited within `timeout`.
+pub fn terminate(child: &mut Child, program: &str, timeout: Duration) -> std::process::ExitStatus {
+    let pid = child.id().to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(sent.success(), "kill -TERM {pid} ({program}) failed");
+
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{program} did not stop within {timeout:?} of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -199,20 +199,7 @@ interval_s = 1
     /// Stops the daemon with SIGTERM and returns its exit status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("node is running");
-        let pid = child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(sent.success(), "kill -TERM {pid} failed");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tollway-edge did not stop within 15 s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        tollway_testkit::terminate(&mut child, "tollway-edge", Duration::from_secs(15))
     }
 
     pub fn log(&self) -> String {
