@@ -1,7 +1,7 @@
 //! A real `tollway-bridge` process between two brokers on loopback, with
 //! its configuration and password files in a temporary directory.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -65,11 +65,7 @@ impl BridgeFiles {
         write(dir.path(), "local.secret", &format!("{SERVICE_PASSWORD}\n"));
         write(dir.path(), "remote.secret", &format!("{BRIDGE_PASSWORD}\n"));
         write(dir.path(), "national-ca.crt", &settings.remote_ca_pem);
-        let metrics_port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let metrics_port = crate::port::reserve();
 
         let d = dir.path().display();
         let addresses: Vec<String> = settings
@@ -127,7 +123,7 @@ bind = "127.0.0.1:{metrics_port}"
             .arg("--config")
             .arg(&self.config)
             .arg("--log")
-            .arg("info")
+            .arg(crate::log_filter())
             .spawn()
             .unwrap();
         let mut bridge = Bridge { child };

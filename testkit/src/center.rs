@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -17,11 +17,7 @@ use crate::{BrokerFiles, SERVICE_PASSWORD, SERVICE_USER, bin_path, node_options,
 
 /// Returns a free loopback port (bound and released).
 pub fn pick_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    crate::port::reserve()
 }
 
 /// Writes the service password file that centre configurations point to.
@@ -76,7 +72,7 @@ impl Center {
             .arg("--config")
             .arg(&path)
             .arg("--log")
-            .arg("info")
+            .arg(crate::log_filter())
             .spawn()
             .unwrap();
         let mut center = Center { child, api_port };

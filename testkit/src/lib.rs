@@ -8,7 +8,7 @@
 
 pub mod podman;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -28,6 +28,7 @@ pub mod center;
 pub mod collect;
 pub mod gate;
 pub mod mosquitto;
+pub mod port;
 
 pub const PROVINCE: u8 = 44;
 pub const SERVICE_USER: &str = "ingest";
@@ -103,7 +104,14 @@ fn dn(cn: &str) -> DistinguishedName {
     name
 }
 
-/// Ports for one broker, chosen by binding port 0 and releasing it.
+/// The `--log` filter for every program a test starts: `TOLLWAY_TEST_LOG`
+/// when set (for example `info,rmqtt=debug` to follow one failing test),
+/// otherwise `info`.
+pub fn log_filter() -> String {
+    std::env::var("TOLLWAY_TEST_LOG").unwrap_or_else(|_| "info".to_string())
+}
+
+/// Ports for one broker, reserved through [`port::reserve`].
 #[derive(Clone, Copy)]
 pub struct Ports {
     /// The TLS listener: nodes on a provincial broker, bridges and ops
@@ -115,17 +123,10 @@ pub struct Ports {
 
 impl Ports {
     pub fn pick() -> Self {
-        let pick = || {
-            TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        };
         Ports {
-            node: pick(),
-            service: pick(),
-            metrics: pick(),
+            node: port::reserve(),
+            service: port::reserve(),
+            metrics: port::reserve(),
         }
     }
 }
@@ -282,7 +283,7 @@ impl Broker {
             .arg("--config")
             .arg(config)
             .arg("--log")
-            .arg("info")
+            .arg(crate::log_filter())
             .spawn()
             .unwrap();
         let mut broker = Broker { child };

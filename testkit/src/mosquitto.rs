@@ -7,7 +7,7 @@
 //! made by `mosquitto_passwd` holding [`BRIDGE_USER`] and [`SERVICE_USER`].
 //! Both programs come from the distribution's `mosquitto` package.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -124,11 +124,7 @@ fn add_user(passwd: &std::path::Path, user: &str, password: &str, create: bool) 
 }
 
 fn pick_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    crate::port::reserve()
 }
 
 /// A running Mosquitto process, killed on drop.

@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, ExitStatus};
 use std::time::{Duration, Instant};
@@ -27,11 +27,7 @@ pub const HOUR: u32 = 2026120412;
 
 /// Returns a free loopback port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    tollway_testkit::port::reserve()
 }
 
 /// Builds the toll record a simulated node sends as `seq`: fee 1000 + seq fen,
@@ -169,7 +165,7 @@ impl Center {
             .arg("--config")
             .arg(config)
             .arg("--log")
-            .arg("info")
+            .arg(tollway_testkit::log_filter())
             .spawn()
             .unwrap();
         let mut center = Center {
