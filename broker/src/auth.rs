@@ -1,14 +1,14 @@
-//! Authentication of every CONNECT: the rmqtt hook that runs before the
-//! ACL plugin and decides, per listener, who may log in.
+//! Authentication of every CONNECT: the rmqtt hook that decides, per
+//! listener, who may log in.
 //!
 //! - Node listener: the TLS layer has already verified the client
 //!   certificate. The username is the certificate's CN (rmqtt replaces
 //!   whatever username the client sent), and it must be a valid node id and
 //!   equal the client id, so that one node cannot take over another node's
-//!   session by reusing its client id. The ACL plugin then decides CONNECT.
+//!   session by reusing its client id. Topic access is then `acl.rs`.
 //! - Password listeners: the username and password must match the
 //!   listener's password file. A valid login is a superuser, which rmqtt
-//!   exempts from the ACL plugin's publish and subscribe checks.
+//!   exempts from the publish and subscribe checks.
 //!
 //! A listener at its `max_connections` rejects further clients.
 
@@ -63,9 +63,8 @@ impl Authenticator {
         }
     }
 
-    /// Decides one CONNECT: `Ok(None)` passes it on to the ACL plugin,
-    /// `Ok(Some(superuser))` accepts it here.
-    async fn decide(&self, connect: &ConnectInfo) -> Result<Option<bool>, Rejection> {
+    /// Decides one CONNECT: `Ok(superuser)` accepts it.
+    async fn decide(&self, connect: &ConnectInfo) -> Result<bool, Rejection> {
         let id = connect.id();
         let Some(listener) = self.listeners.get(&id.lid) else {
             return Err(Rejection::UnknownListener);
@@ -88,7 +87,7 @@ impl Authenticator {
                 if &*id.client_id != cn.as_str() {
                     return Err(Rejection::ClientIdNotCn);
                 }
-                Ok(None)
+                Ok(false)
             }
             Role::Password(passwords) => {
                 let (Some(user), Some(password)) = (connect.username(), connect.password()) else {
@@ -104,7 +103,7 @@ impl Authenticator {
                         .await
                         .unwrap_or(false);
                 if verified {
-                    Ok(Some(true))
+                    Ok(true)
                 } else {
                     Err(Rejection::WrongCredentials)
                 }
@@ -130,8 +129,7 @@ impl Handler for Authenticator {
     async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
         match param {
             Parameter::ClientAuthenticate(connect) => match self.decide(connect).await {
-                Ok(None) => (true, acc),
-                Ok(Some(superuser)) => (
+                Ok(superuser) => (
                     false,
                     Some(HookResult::AuthResult(AuthResult::Allow(superuser, None))),
                 ),

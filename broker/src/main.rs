@@ -1,9 +1,10 @@
 //! `tollway-broker`: MQTT broker for a provincial or the national centre,
-//! built on rmqtt with its ACL and retainer plugins.
+//! built on rmqtt with its retainer plugin and our own hooks.
 //!
 //! The program loads and validates its TOML file, starts the listeners,
 //! plugins and hooks, and runs until SIGINT or SIGTERM.
 
+mod acl;
 mod auth;
 mod config;
 mod events;

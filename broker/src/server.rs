@@ -10,16 +10,18 @@ use rmqtt::hook::Type;
 use rmqtt::server::MqttServer;
 use tollway_runtime::Shutdown;
 
+use crate::acl::NodeAcl;
 use crate::auth::Authenticator;
-use crate::config::Config;
+use crate::config::{Config, Profile};
 use crate::events::{Counters, EventRecorder};
 use crate::listeners::{ListenerError, ListenerTable, bind_all};
 use crate::pacing::PacingHook;
 use crate::plugins::{self, PluginError};
 use crate::sharing::TopicHashSharing;
 
-/// Hook priorities: higher runs first. The ACL plugin uses 10.
+/// Hook priorities: higher runs first.
 const AUTH_PRIORITY: u32 = 100;
+const ACL_PRIORITY: u32 = 100;
 const PACING_PRIORITY: u32 = 100;
 const EVENTS_PRIORITY: u32 = 0;
 
@@ -73,9 +75,9 @@ pub async fn start(
     // not depend on other programs sharing the host.
     let builder = ServerContext::new().busy_check_enable(false);
     let scx = plugins::configure(builder, config).build().await;
-    register_hooks(&scx, &table, &counters).await;
+    register_hooks(&scx, config, &table, &counters).await;
     *scx.extends.shared_subscription_mut().await = Box::new(TopicHashSharing);
-    plugins::start(&scx, config).await?;
+    plugins::start(&scx).await?;
 
     let metrics_listener = if config.metrics.enabled {
         let addr = config.metrics.bind;
@@ -141,13 +143,26 @@ where
     });
 }
 
-async fn register_hooks(scx: &ServerContext, table: &ListenerTable, counters: &Arc<Counters>) {
+async fn register_hooks(
+    scx: &ServerContext,
+    config: &Config,
+    table: &ListenerTable,
+    counters: &Arc<Counters>,
+) {
     let register = scx.extends.hook_mgr().register();
 
     let auth = || Box::new(Authenticator::new(table.clone(), counters.clone()));
     register
         .add_priority(Type::ClientAuthenticate, AUTH_PRIORITY, auth())
         .await;
+
+    if let (Profile::Province, Some(province)) = (config.profile, config.province) {
+        for typ in [Type::ClientSubscribeCheckAcl, Type::MessagePublishCheckAcl] {
+            register
+                .add_priority(typ, ACL_PRIORITY, Box::new(NodeAcl::new(province)))
+                .await;
+        }
+    }
 
     if table.values().any(|info| info.pacer.is_some()) {
         let pacing = Box::new(PacingHook::new(table.clone()));

@@ -59,6 +59,73 @@ async fn node_uses_own_prefix() {
     assert_eq!(received, (node_topic("A", "status"), b"up".to_vec()));
 }
 
+/// A node's first SUBSCRIBE and PUBLISH, sent in the same flight as its
+/// CONNECT, are judged like any later one. The `rmqtt-acl` plugin this
+/// broker used before set up each node's rule in a task spawned after
+/// CONNACK, so on a busy broker the first SUBSCRIBE was refused and the
+/// first PUBLISH disconnected the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn first_packets_after_connect_are_authorised() {
+    let files = BrokerFiles::province();
+    let _broker = files.start();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let mut nodes = tokio::task::JoinSet::new();
+    for i in 0..60 {
+        let id = format!("burst{i}");
+        let pem = files.ca.node_cert(&id);
+        let options = node_options(&files, &id, Some(&pem), &files.ca.cert_pem);
+        nodes.spawn(async move {
+            // Queued before the first poll, so rumqttc writes both right
+            // after the CONNACK.
+            let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 16);
+            client
+                .subscribe(node_topic(&id, "records/ack"), QoS::AtLeastOnce)
+                .await
+                .unwrap();
+            client
+                .publish(node_topic(&id, "records"), QoS::AtLeastOnce, false, vec![1])
+                .await
+                .unwrap();
+
+            let (mut suback, mut puback) = (None, false);
+            let outcome = tokio::time::timeout(Duration::from_secs(20), async {
+                while suback.is_none() || !puback {
+                    match eventloop.poll().await {
+                        Ok(rumqttc::Event::Incoming(Packet::SubAck(ack))) => {
+                            suback = Some(ack.return_codes)
+                        }
+                        Ok(rumqttc::Event::Incoming(Packet::PubAck(_))) => puback = true,
+                        Ok(_) => {}
+                        Err(err) => return Err(format!("{id}: connection lost: {err}")),
+                    }
+                }
+                Ok(())
+            })
+            .await;
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(lost)) => return Err(lost),
+                Err(_) => return Err(format!("{id}: no SUBACK or PUBACK within 20 s")),
+            }
+            match suback {
+                Some(codes) if codes == vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)] => {
+                    Ok(())
+                }
+                other => Err(format!("{id}: SUBACK {other:?}")),
+            }
+        });
+    }
+
+    let mut failures = Vec::new();
+    while let Some(result) = nodes.join_next().await {
+        if let Err(failure) = result.unwrap() {
+            failures.push(failure);
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
 #[tokio::test]
 async fn node_cannot_subscribe_elsewhere() {
     let files = BrokerFiles::province();

@@ -204,7 +204,10 @@ impl Ingest {
             }
         };
         match self.publisher.publish(topic, payload).await {
-            Ok(()) => Stats::add(&self.stats.acks_published, 1),
+            Ok(()) => {
+                tracing::debug!(%node, stored_through, "RecordAck queued");
+                Stats::add(&self.stats.acks_published, 1)
+            }
             Err(err) => {
                 tracing::warn!(%node, stored_through, error = %err, "RecordAck not published; the node's next batch brings another")
             }
