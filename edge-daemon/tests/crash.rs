@@ -110,8 +110,8 @@ fn acknowledged_records_survive_sigkill() {
         }
 
         // The reopened outbox continues without a gap.
-        let range = outbox.append(&[record(u64::MAX)]).await.unwrap();
-        assert_eq!(range.first, stats.next_seq);
+        let done = outbox.append(&[record(u64::MAX)]).await.unwrap();
+        assert_eq!(done.seqs.unwrap().first, stats.next_seq);
     });
 }
 
@@ -140,7 +140,7 @@ fn crash_child_process() {
                 // Runs until the parent kills the process.
                 for i in 0.. {
                     let n = task * 1_000_000 + i;
-                    let range = outbox.append(&[record(n)]).await.unwrap();
+                    let range = outbox.append(&[record(n)]).await.unwrap().seqs.unwrap();
                     let mut out = stdout.lock().unwrap();
                     writeln!(out, "acked {} {} {n}", range.first, range.last).unwrap();
                     out.flush().unwrap();

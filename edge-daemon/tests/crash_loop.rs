@@ -33,7 +33,8 @@ async fn sigkill_loop_keeps_acked_records() {
     let mut node = Node::new(&files, NODE, NodeOptions::default());
     node.start();
 
-    // Two apps publish distinct records and note the ones acknowledged.
+    // Two apps publish distinct records, resend each until it is
+    // acknowledged, and note the ones acknowledged.
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
     let stop = CancellationToken::new();
     let mut apps = Vec::new();
@@ -44,15 +45,17 @@ async fn sigkill_loop_keeps_acked_records() {
         apps.push(tokio::spawn(async move {
             let mut publisher = IntakePublisher::new(intake, &format!("toll-app-{app}"));
             let mut attempts = 0u64;
-            let mut n = app * 10_000_000;
+            let mut n = app * 10_000_000 + 1;
             while !stop.is_cancelled() {
-                n += 1;
                 attempts += 1;
                 match publisher.publish(&record(n), Duration::from_secs(5)).await {
                     Outcome::Acked => {
                         acked.lock().unwrap().insert(record(n).transaction_id);
+                        n += 1;
                     }
-                    // The daemon is down or restarting.
+                    // The daemon is down or restarting, and may have stored
+                    // the record before it went: send the same record again,
+                    // as a real app must, so the outbox has to recognise it.
                     Outcome::Unknown => tokio::time::sleep(Duration::from_millis(20)).await,
                 }
             }

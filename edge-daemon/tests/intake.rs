@@ -113,6 +113,27 @@ async fn mosquitto_pub_qos1_record_is_stored() {
     assert_eq!(stored_ids(&harness.outbox), vec![record(7).transaction_id]);
 }
 
+/// The same record published twice (an app resending after a lost PUBACK)
+/// is acknowledged both times and stored once.
+#[tokio::test]
+async fn resent_record_is_acknowledged_and_stored_once() {
+    let harness = start(IntakeConfig::default(), None).await;
+    let payload = record(8).to_cbor().unwrap();
+
+    for attempt in 1..=2 {
+        let output = mosquitto_pub(harness.addr, INTAKE_TOPIC, &payload).await;
+        assert!(
+            output.status.success(),
+            "attempt {attempt}: mosquitto_pub failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    assert_eq!(stored_ids(&harness.outbox), vec![record(8).transaction_id]);
+    assert_eq!(IntakeCounters::get(&harness.counters.records), 2);
+    assert_eq!(IntakeCounters::get(&harness.counters.duplicates), 1);
+}
+
 #[tokio::test]
 async fn mosquitto_pub_with_bad_payload_stores_nothing() {
     let harness = start(IntakeConfig::default(), None).await;
@@ -333,7 +354,7 @@ async fn full_outbox_withholds_puback_until_acknowledged() {
     let mut last = 0;
     for n in 1.. {
         match harness.outbox.append(&[record(n)]).await {
-            Ok(range) => last = range.last,
+            Ok(done) => last = done.seqs.unwrap().last,
             Err(err) if err.is_backpressure() => break,
             Err(err) => panic!("unexpected outbox error: {err}"),
         }

@@ -1,6 +1,7 @@
 //! Outbox tests against real RocksDB databases in temporary directories:
-//! sequence numbers, the delivery watermark, replay, retention, the disk cap
-//! and a property test against a simple model.
+//! sequence numbers, resends by transaction id, the delivery watermark,
+//! replay, retention, the disk cap and a property test against a simple
+//! model.
 
 mod common;
 
@@ -31,12 +32,12 @@ async fn sequence_numbers_start_at_one_and_survive_reopen() {
     {
         let outbox = open(dir.path());
         assert_eq!(
-            outbox.append(&records(1..=3)).await.unwrap(),
-            SeqRange { first: 1, last: 3 }
+            outbox.append(&records(1..=3)).await.unwrap().seqs,
+            Some(SeqRange { first: 1, last: 3 })
         );
         assert_eq!(
-            outbox.append(&records(4..=4)).await.unwrap(),
-            SeqRange { first: 4, last: 4 }
+            outbox.append(&records(4..=4)).await.unwrap().seqs,
+            Some(SeqRange { first: 4, last: 4 })
         );
     }
 
@@ -45,8 +46,8 @@ async fn sequence_numbers_start_at_one_and_survive_reopen() {
     assert_eq!(stats.next_seq, 5, "next seq after reopen");
     assert_eq!(stats.depth, 4, "undelivered records after reopen");
     assert_eq!(
-        outbox.append(&records(5..=6)).await.unwrap(),
-        SeqRange { first: 5, last: 6 }
+        outbox.append(&records(5..=6)).await.unwrap().seqs,
+        Some(SeqRange { first: 5, last: 6 })
     );
 
     let batch = outbox
@@ -95,6 +96,53 @@ async fn ack_moves_watermark_and_pending_skips_delivered() {
     let stats = outbox.stats(SystemTime::now()).unwrap();
     assert_eq!(stats.undelivered_bytes, 0);
     assert_eq!(stats.oldest_undelivered_age, None);
+}
+
+/// An app that missed its PUBACK sends the record again: the outbox answers
+/// with no new seq, in the same group, in later groups and after a reopen,
+/// and forgets the record only when retention prunes it.
+#[tokio::test]
+async fn resent_record_takes_no_new_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let outbox = open(dir.path());
+        outbox.append(&records(1..=3)).await.unwrap();
+
+        let resend = outbox.append(&[record(2)]).await.unwrap();
+        assert_eq!((resend.seqs, resend.duplicates), (None, 1));
+
+        // A resend mixed with new records, and a record twice in one append.
+        let mixed = outbox
+            .append(&[record(2), record(4), record(4), record(5)])
+            .await
+            .unwrap();
+        assert_eq!(mixed.seqs, Some(SeqRange { first: 4, last: 5 }));
+        assert_eq!(mixed.duplicates, 2);
+
+        // Pipelined appends land in one group commit.
+        let first = outbox.submit(&[record(6)]).await.unwrap();
+        let again = outbox.submit(&[record(6)]).await.unwrap();
+        assert_eq!(
+            first.await.unwrap().seqs,
+            Some(SeqRange { first: 6, last: 6 })
+        );
+        assert_eq!(again.await.unwrap().duplicates, 1);
+    }
+
+    let outbox = open(dir.path());
+    let resend = outbox.append(&[record(3)]).await.unwrap();
+    assert_eq!((resend.seqs, resend.duplicates), (None, 1), "after reopen");
+    let stats = outbox.stats(SystemTime::now()).unwrap();
+    assert_eq!(stats.next_seq, 7);
+    let batch = outbox.pending(BatchLimits::default()).unwrap().unwrap();
+    assert_eq!(transaction_ids(&batch), expected_ids(1..=6));
+
+    // Once retention prunes record 1, a resend of it is stored again.
+    outbox.acknowledge(6).await.unwrap();
+    let later = SystemTime::now() + Duration::from_secs(8 * 24 * 3600);
+    assert_eq!(outbox.prune(later).await.unwrap().removed, 6);
+    let late = outbox.append(&[record(1)]).await.unwrap();
+    assert_eq!(late.seqs, Some(SeqRange { first: 7, last: 7 }));
 }
 
 #[tokio::test]
@@ -285,7 +333,7 @@ async fn disk_cap_applies_backpressure_without_dropping() {
     let mut appended = 0u64;
     let rejection = loop {
         match outbox.append(&[record(appended + 1)]).await {
-            Ok(range) => appended = range.last,
+            Ok(done) => appended = done.seqs.unwrap().last,
             Err(err) => break err,
         }
         assert!(appended < 10_000, "the cap never applied");
@@ -308,8 +356,8 @@ async fn disk_cap_applies_backpressure_without_dropping() {
 
     // The rejected append took no seq; after an ack it goes through.
     outbox.acknowledge(appended).await.unwrap();
-    let range = outbox.append(&[record(appended + 1)]).await.unwrap();
-    assert_eq!(range.first, appended + 1);
+    let done = outbox.append(&[record(appended + 1)]).await.unwrap();
+    assert_eq!(done.seqs.unwrap().first, appended + 1);
 }
 
 #[tokio::test]
@@ -362,7 +410,7 @@ async fn concurrent_appends_get_distinct_consecutive_seqs() {
             let mut ranges = Vec::new();
             for i in 0..25u64 {
                 let n = task * 1000 + i;
-                ranges.push((n, outbox.append(&[record(n)]).await.unwrap()));
+                ranges.push((n, outbox.append(&[record(n)]).await.unwrap().seqs.unwrap()));
             }
             ranges
         }));
@@ -408,6 +456,8 @@ async fn concurrent_appends_get_distinct_consecutive_seqs() {
 #[derive(Debug, Clone)]
 enum Step {
     Append(u64),
+    /// Sends a retained record again, chosen by this number.
+    Resend(u64),
     Ack(u64),
     PruneAll,
     Reopen,
@@ -416,6 +466,7 @@ enum Step {
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         4 => (1u64..40).prop_map(Step::Append),
+        2 => any::<u64>().prop_map(Step::Resend),
         2 => (0u64..200).prop_map(Step::Ack),
         1 => Just(Step::PruneAll),
         1 => Just(Step::Reopen),
@@ -427,7 +478,8 @@ proptest! {
 
     /// Against a model (next seq, watermark, first retained), the outbox
     /// assigns the same seqs, moves the watermark the same way and returns
-    /// exactly the records the model expects, across reopens and prunes.
+    /// exactly the records the model expects, across reopens and prunes; a
+    /// resent record never takes a seq.
     #[test]
     fn outbox_matches_model(steps in proptest::collection::vec(step(), 1..25)) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -441,9 +493,16 @@ proptest! {
                 match step {
                     Step::Append(count) => {
                         let batch = records(next_seq..=next_seq + count - 1);
-                        let range = outbox.append(&batch).await.unwrap();
-                        prop_assert_eq!(range, SeqRange { first: next_seq, last: next_seq + count - 1 });
+                        let done = outbox.append(&batch).await.unwrap();
+                        prop_assert_eq!(done.seqs, Some(SeqRange { first: next_seq, last: next_seq + count - 1 }));
                         next_seq += count;
+                    }
+                    Step::Resend(choice) => {
+                        if first_retained < next_seq {
+                            let n = first_retained + choice % (next_seq - first_retained);
+                            let done = outbox.append(&[record(n)]).await.unwrap();
+                            prop_assert_eq!((done.seqs, done.duplicates), (None, 1), "resend of {}", n);
+                        }
                     }
                     Step::Ack(target) => {
                         let result = outbox.acknowledge(target).await;

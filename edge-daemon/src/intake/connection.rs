@@ -29,7 +29,7 @@ use tollway_topics::{Message, TollRecord};
 
 use super::IntakeCounters;
 use super::config::{INTAKE_TOPIC, IntakeConfig};
-use crate::outbox::{Outbox, OutboxError, PendingAppend, SeqRange};
+use crate::outbox::{Appended, Outbox, OutboxError, PendingAppend};
 
 /// Shared state of the listener that each connection task uses.
 pub(crate) struct Context {
@@ -93,7 +93,7 @@ enum AppendState {
 
 /// Outcome of settling the oldest in-flight record.
 enum Settled {
-    Appended(Result<SeqRange, OutboxError>),
+    Appended(Result<Appended, OutboxError>),
     RetryDue,
 }
 
@@ -303,8 +303,8 @@ impl Session {
                 publish.topic.chars().take(128).collect(),
             ));
         }
-        // NOTE: a record resent with DUP after a lost PUBACK is stored again
-        // under a new seq; nothing here deduplicates by transaction id yet.
+        // A record resent after a lost PUBACK is recognised by the outbox
+        // (same transaction id), takes no new seq and is acknowledged again.
         let record = TollRecord::from_cbor(&publish.payload).map_err(Rejection::InvalidPayload)?;
 
         let pending = self
@@ -329,16 +329,17 @@ impl Session {
         settled: Settled,
     ) -> Result<(), Rejection> {
         match settled {
-            Settled::Appended(Ok(range)) => {
+            Settled::Appended(Ok(appended)) => {
                 let Some(done) = self.inflight.pop_front() else {
                     return Ok(());
                 };
-                self.context
-                    .counters
-                    .records
-                    .fetch_add(1, Ordering::Relaxed);
+                let counters = &self.context.counters;
+                counters.records.fetch_add(1, Ordering::Relaxed);
+                counters
+                    .duplicates
+                    .fetch_add(appended.duplicates, Ordering::Relaxed);
                 if self.backoff.take().is_some() {
-                    tracing::info!(peer = %self.peer, client_id = self.client_id, seq = range.first, "outbox has room again; acknowledging records");
+                    tracing::info!(peer = %self.peer, client_id = self.client_id, seq = ?appended.seqs.map(|s| s.first), "outbox has room again; acknowledging records");
                 }
                 if let Some(pkid) = done.pkid {
                     send(framed, Packet::PubAck(PubAck::new(pkid))).await?;

@@ -62,8 +62,11 @@ pub struct IntakeCounters {
     pub connections: AtomicU64,
     /// Connections closed at once because `max_connections` was reached.
     pub connections_over_limit: AtomicU64,
-    /// Records the outbox accepted (durable).
+    /// Records the outbox accepted (durable), resends included.
     pub records: AtomicU64,
+    /// Resent records the outbox already held (same transaction id): they
+    /// were acknowledged again and took no new seq.
+    pub duplicates: AtomicU64,
     /// Connections closed because of a rejection (see the module comment).
     pub rejections: AtomicU64,
     /// Appends rejected by the outbox's disk cap and retried later.

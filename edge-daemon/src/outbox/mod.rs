@@ -19,6 +19,7 @@
 //! briefly, so async callers with large reads should use `spawn_blocking`.
 
 mod config;
+mod dedupe;
 mod error;
 mod store;
 mod summary;
@@ -37,7 +38,7 @@ use tollway_topics::{Compression, HourlySummary, Message, NodeId, RecordBatch, T
 
 pub use config::{BATCH_OVERHEAD_BYTES, BatchLimits, MAX_APPEND_RECORDS, OutboxConfig};
 pub use error::OutboxError;
-pub use writer::{PruneReport, SeqRange};
+pub use writer::{Appended, PruneReport, SeqRange};
 
 /// Column family of the app manager's desired state (see `apps::store`).
 pub const DESIRED_CF: &str = "desired";
@@ -111,6 +112,7 @@ impl Outbox {
             ),
             ColumnFamilyDescriptor::new(RECORDS_CF, config.cf_options(&cache)),
             ColumnFamilyDescriptor::new(SUMMARIES_CF, config.cf_options(&cache)),
+            ColumnFamilyDescriptor::new(dedupe::TXIDS_CF, config.cf_options(&cache)),
             // The app manager keeps the node's desired state here, so both
             // share one WAL and one set of files on the node.
             ColumnFamilyDescriptor::new(DESIRED_CF, config.cf_options(&cache)),
@@ -180,8 +182,10 @@ impl Outbox {
     }
 
     /// Appends records and waits until they are durable. Returns the
-    /// sequence numbers they got, consecutive and in the order given.
-    pub async fn append(&self, records: &[TollRecord]) -> Result<SeqRange, OutboxError> {
+    /// sequence numbers the new records got, consecutive and in the order
+    /// given, and how many were already stored (same transaction id) and
+    /// took none.
+    pub async fn append(&self, records: &[TollRecord]) -> Result<Appended, OutboxError> {
         self.submit(records).await?.await
     }
 
@@ -231,6 +235,7 @@ impl Outbox {
             accepted_at_ms: store::unix_ms(SystemTime::now()),
             encoded,
             tallies: records.iter().map(RecordTally::of).collect(),
+            transaction_ids: records.iter().map(|r| r.transaction_id.clone()).collect(),
             reply: reply_tx,
         });
         self.send(request).await?;
@@ -473,11 +478,11 @@ impl Drop for Outbox {
 /// carries it is durable, or failed.
 pub struct PendingAppend {
     node: NodeId,
-    reply: oneshot::Receiver<Result<SeqRange, OutboxError>>,
+    reply: oneshot::Receiver<Result<Appended, OutboxError>>,
 }
 
 impl Future for PendingAppend {
-    type Output = Result<SeqRange, OutboxError>;
+    type Output = Result<Appended, OutboxError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Pin::new(&mut self.reply).poll(cx).map(|reply| {

@@ -15,6 +15,7 @@ use rocksdb::{DB, WriteBatch, WriteOptions};
 use tokio::sync::{mpsc, oneshot, watch};
 use tollway_topics::NodeId;
 
+use super::dedupe::{self, GroupIndex};
 use super::error::OutboxError;
 use super::store::{self, COUNTERS_KEY, Counters, record_key, record_value, stored_size, unix_ms};
 use super::summary::{self, RecordTally, TallyUpdate};
@@ -47,16 +48,20 @@ pub(crate) struct AppendRequest {
     pub encoded: Vec<Vec<u8>>,
     /// The tally fields of each record, in the order of `encoded`.
     pub tallies: Vec<RecordTally>,
-    pub reply: oneshot::Sender<Result<SeqRange, OutboxError>>,
+    /// The transaction id of each record, in the order of `encoded`.
+    pub transaction_ids: Vec<String>,
+    pub reply: oneshot::Sender<Result<Appended, OutboxError>>,
 }
 
-impl AppendRequest {
-    fn stored_bytes(&self) -> u64 {
-        self.encoded
-            .iter()
-            .map(|cbor| stored_size(cbor.len()))
-            .sum()
-    }
+/// What one append stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Seqs given to the records that were new; `None` when every record of
+    /// the append was already stored.
+    pub seqs: Option<SeqRange>,
+    /// Records already stored under an earlier seq (same transaction id),
+    /// typically resent by an app that missed its PUBACK. They took no seq.
+    pub duplicates: u64,
 }
 
 /// An inclusive range of sequence numbers given to one append.
@@ -173,21 +178,38 @@ impl Writer {
     }
 
     /// Assigns sequence numbers to a group of appends and commits them,
-    /// with the hourly tallies they change, in one synced write. An append
-    /// that would pass the disk cap fails with back-pressure and takes no
-    /// sequence numbers.
+    /// with the hourly tallies they change and their transaction id index
+    /// entries, in one synced write. A record whose transaction id is
+    /// already stored takes no seq. An append whose new records would pass
+    /// the disk cap fails with back-pressure and takes no sequence numbers.
     fn commit_group(&mut self, group: Vec<AppendRequest>) {
         let mut counters = self.counters;
         let mut batch = WriteBatch::default();
         let mut tallies = TallyUpdate::default();
         let mut tally_error = None;
         let mut accepted = Vec::with_capacity(group.len());
-        let Ok(records_cf) = store::records_cf(&self.db, &self.node) else {
+        let (Ok(records_cf), Ok(mut index)) = (
+            store::records_cf(&self.db, &self.node),
+            GroupIndex::new(&self.db, &self.node),
+        ) else {
             return self.fail_group(group, counters);
         };
 
         for request in group {
-            let request_bytes = request.stored_bytes();
+            let duplicate = match index.duplicates(&request.transaction_ids) {
+                Ok(duplicate) => duplicate,
+                Err(err) => {
+                    let _ = request.reply.send(Err(err));
+                    continue;
+                }
+            };
+            let request_bytes: u64 = request
+                .encoded
+                .iter()
+                .zip(&duplicate)
+                .filter(|(_, duplicate)| !**duplicate)
+                .map(|(cbor, _)| stored_size(cbor.len()))
+                .sum();
             if counters.undelivered_bytes + request_bytes > self.limits.max_undelivered_bytes {
                 let _ = request.reply.send(Err(OutboxError::Backpressure {
                     node: self.node.clone(),
@@ -200,9 +222,22 @@ impl Writer {
             }
 
             let first = counters.next_seq;
-            for (cbor, tally) in request.encoded.iter().zip(&request.tallies) {
+            let mut duplicates = 0;
+            let records = request
+                .encoded
+                .iter()
+                .zip(&request.tallies)
+                .zip(&request.transaction_ids)
+                .zip(&duplicate);
+            for (((cbor, tally), transaction_id), duplicate) in records {
+                if *duplicate {
+                    duplicates += 1;
+                    tracing::debug!(node = %self.node, transaction_id = %transaction_id, "record already stored; resend takes no seq");
+                    continue;
+                }
                 let value = record_value(request.accepted_at_ms, cbor);
                 batch.put_cf(records_cf, record_key(counters.next_seq), value);
+                index.insert(&mut batch, transaction_id, counters.next_seq);
                 if let Err(err) = tallies.count(&self.db, &self.node, counters.next_seq, tally) {
                     tally_error.get_or_insert(err);
                 }
@@ -210,11 +245,11 @@ impl Writer {
             }
             counters.retained_bytes += request_bytes;
             counters.undelivered_bytes += request_bytes;
-            let range = SeqRange {
+            let seqs = (counters.next_seq > first).then(|| SeqRange {
                 first,
                 last: counters.next_seq - 1,
-            };
-            accepted.push((request.reply, range));
+            });
+            accepted.push((request.reply, Appended { seqs, duplicates }));
         }
         if accepted.is_empty() {
             return;
@@ -229,10 +264,10 @@ impl Writer {
             // let the callers retry.
             tracing::error!(node = %self.node, error = %err, "hourly tally update failed; group not committed");
             let problem = err.to_string();
-            for (reply, range) in accepted {
+            for (reply, _) in accepted {
                 let _ = reply.send(Err(OutboxError::Inconsistent {
                     node: self.node.clone(),
-                    seq: range.first,
+                    seq: self.counters.next_seq,
                     problem: problem.clone(),
                 }));
             }
@@ -247,12 +282,12 @@ impl Writer {
                     last_seq = counters.last_appended(),
                     "group committed"
                 );
-                for (reply, range) in accepted {
-                    let _ = reply.send(Ok(range));
+                for (reply, appended) in accepted {
+                    let _ = reply.send(Ok(appended));
                 }
             }
             Err(source) => {
-                let first_seq = accepted[0].1.first;
+                let first_seq = self.counters.next_seq;
                 let last_seq = counters.last_appended();
                 tracing::error!(node = %self.node, first_seq, last_seq, error = %source, "group commit failed");
                 for (reply, _) in accepted {
@@ -349,6 +384,8 @@ impl Writer {
         let mut freed_bytes = 0;
         let mut removed = 0u64;
         let mut more = false;
+        let mut pruned_ids = Vec::new();
+        let mut undecodable = None;
 
         if counters.first_retained <= counters.delivered_through {
             let limits = &self.limits;
@@ -365,6 +402,12 @@ impl Writer {
                 if removed as usize >= limits.max_prune_records {
                     more = true;
                     return false;
+                }
+                match record.decode(&self.node) {
+                    Ok(decoded) => pruned_ids.push(decoded.transaction_id),
+                    Err(err) => {
+                        undecodable.get_or_insert(err);
+                    }
                 }
                 delivered_bytes = delivered_bytes.saturating_sub(record.stored_size());
                 freed_bytes += record.stored_size();
@@ -383,6 +426,14 @@ impl Writer {
                 record_key(cut),
             );
             self.prune_tallies(&mut batch, cut)?;
+            for transaction_id in &pruned_ids {
+                dedupe::forget(&self.db, &self.node, &mut batch, transaction_id)?;
+            }
+            if let Some(err) = undecodable {
+                // The record goes anyway: it was delivered and its retention
+                // is over. Its index entry, if any, stays behind.
+                tracing::warn!(node = %self.node, error = %err, "pruned a record that does not decode; its transaction id stays indexed");
+            }
             let first = counters.first_retained;
             counters.first_retained = cut;
             counters.retained_bytes = counters.retained_bytes.saturating_sub(freed_bytes);
