@@ -74,6 +74,20 @@ pub struct BrokerConfig {
 pub struct StoreConfig {
     /// Directory of the RocksDB database; created when missing.
     pub path: PathBuf,
+    /// Days a record stays after it was stored. It is deleted after that
+    /// only once the next hop holds it (the national centre acknowledged it,
+    /// or, in the national store, its province's forwarding watermark covers
+    /// it); until then it stays, however old. Retention runs in a process
+    /// with a `[forwarder]` or `[national_ingest]` section.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u32,
+    /// Seconds between retention passes.
+    #[serde(default = "default_prune_interval_s")]
+    pub prune_interval_s: u64,
+    /// Records one retention batch deletes at most; a pass runs batches
+    /// until nothing more is due.
+    #[serde(default = "default_max_prune_records")]
+    pub max_prune_records: usize,
 }
 
 /// Provincial ingest of node record batches.
@@ -143,6 +157,15 @@ pub struct QueryConfig {
     pub max_records: usize,
 }
 
+fn default_retention_days() -> u32 {
+    90
+}
+fn default_prune_interval_s() -> u64 {
+    3600
+}
+fn default_max_prune_records() -> usize {
+    10_000
+}
 fn default_host() -> String {
     "127.0.0.1".to_string()
 }
@@ -235,6 +258,26 @@ impl Config {
             if broker.rebuild_after_errors == 0 {
                 problems.push("broker.rebuild_after_errors", 0, "must be at least 1");
             }
+        }
+        if let Some(store) = &self.store {
+            check_at_least(
+                &mut problems,
+                "store.retention_days",
+                u64::from(store.retention_days),
+                1,
+            );
+            check_at_least(
+                &mut problems,
+                "store.prune_interval_s",
+                store.prune_interval_s,
+                1,
+            );
+            check_at_least(
+                &mut problems,
+                "store.max_prune_records",
+                store.max_prune_records as u64,
+                1,
+            );
         }
         if let Some(ingest) = &self.ingest {
             check_group(&mut problems, "ingest.group", &ingest.group);

@@ -14,6 +14,7 @@ mod mqtt;
 mod national;
 mod query;
 mod reconcile;
+mod retention;
 mod stats;
 mod store;
 
@@ -27,7 +28,7 @@ use tollway_runtime::{CommonArgs, Shutdown, init_logging, load_config};
 use crate::config::Config;
 use crate::mqtt::MqttSettings;
 use crate::stats::Stats;
-use crate::store::RecordStore;
+use crate::store::{PruneScope, RecordStore};
 
 /// Time the services get to stop after SIGINT or SIGTERM.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
@@ -57,6 +58,7 @@ const SERVICES: &[(&str, Starter)] = &[
     ("forwarder", start_forwarder),
     ("national_ingest", start_national_ingest),
     ("query", start_query),
+    ("retention", start_retention),
 ];
 
 fn main() -> ExitCode {
@@ -227,6 +229,31 @@ fn start_national_ingest(
     };
     let (mqtt, store) = mqtt_and_store(context)?;
     national::start(section, mqtt, store, context.stats.clone(), shutdown);
+    Ok(true)
+}
+
+/// Starts retention where the store's records have a next hop to wait for:
+/// the forwarder's province, or the national ingest's store.
+fn start_retention(
+    config: &Config,
+    context: &Context,
+    shutdown: &mut Shutdown,
+) -> anyhow::Result<bool> {
+    let (Some(section), Some(store)) = (&config.store, &context.store) else {
+        return Ok(false);
+    };
+    let scope = match (&config.forwarder, &config.national_ingest) {
+        (Some(forwarder), _) => PruneScope::Province(forwarder.province),
+        (None, Some(_)) => PruneScope::National,
+        (None, None) => return Ok(false),
+    };
+    retention::start(
+        section,
+        scope,
+        Arc::clone(store),
+        context.stats.clone(),
+        shutdown,
+    );
     Ok(true)
 }
 

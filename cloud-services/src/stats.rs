@@ -78,6 +78,8 @@ counters! {
     national_records_duplicate,
     /// Store operations that failed; the message was not acknowledged.
     store_errors,
+    /// Records deleted by retention.
+    records_pruned,
 }
 
 impl Stats {

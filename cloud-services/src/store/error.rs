@@ -35,6 +35,13 @@ pub enum StoreError {
         source: rocksdb::Error,
     },
 
+    #[error("cannot delete {removed} expired records from the record store: {source}")]
+    Prune {
+        removed: u64,
+        #[source]
+        source: rocksdb::Error,
+    },
+
     #[error("cannot read the record store ({what}): {source}")]
     Read {
         what: String,

@@ -20,13 +20,14 @@
 //! any acknowledgement is sent. One writer lock serialises the
 //! read-modify-write of watermarks and counters.
 //!
-//! NOTE: nothing is deleted yet, so the store grows with every record and
-//! summary. Retention and its bound are still to be decided.
+//! Records leave after a retention window once the next hop holds them
+//! (`retention.rs`).
 
 mod error;
 mod keys;
 mod query;
 mod reconcile;
+mod retention;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -42,6 +43,7 @@ use tollway_topics::{ForwardedRecord, Message, NodeId, Province, TollRecord};
 pub use error::StoreError;
 pub use query::{HourTotals, StoredRecord};
 pub use reconcile::PendingSummary;
+pub use retention::PruneScope;
 
 use error::read_error;
 use keys::*;
