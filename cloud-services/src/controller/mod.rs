@@ -40,9 +40,9 @@ const RECONCILE_DEBOUNCE: Duration = Duration::from_millis(200);
 /// How often the controller reconciles without a change, to move replicas
 /// off nodes whose grace period ran out.
 const RECONCILE_PERIOD: Duration = Duration::from_secs(5);
-/// Delay after a connect before the controller subscribes to the
-/// deployment topics a second time; see `run_loop`.
-const OPS_RESUBSCRIBE_DELAY: Duration = Duration::from_secs(2);
+/// Delay after a connect before the controller subscribes to the retained
+/// deployment and presence topics a second time; see `run_loop`.
+const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(2);
 /// Minimum time between API snapshots.
 const SNAPSHOT_PERIOD: Duration = Duration::from_millis(500);
 
@@ -155,7 +155,10 @@ async fn run_loop(
     let mut last_snapshot = tokio::time::Instant::now();
     let mut status_tick = tokio::time::interval(status_period);
     let status_topic = Topic::center(controller.province, CenterKind::Status).to_string();
-    let ops = ops_filter(OpsKind::Deployment);
+    let retained_filters = [
+        ops_filter(OpsKind::Deployment),
+        node_filter(controller.province, NodeKind::Presence),
+    ];
     let mut resubscribe_at: Option<tokio::time::Instant> = None;
     tracing::info!("controller started");
 
@@ -170,20 +173,25 @@ async fn run_loop(
                     if !session_present {
                         controller.republish_all();
                     }
-                    resubscribe_at = Some(tokio::time::Instant::now() + OPS_RESUBSCRIBE_DELAY);
+                    resubscribe_at = Some(tokio::time::Instant::now() + RESUBSCRIBE_DELAY);
                 }
                 None => break,
             },
             _ = tick.tick() => {
-                // NOTE: in one test run, a deployment published while the
-                // first subscription was being set up never reached the
-                // controller; the cause in the broker is not confirmed. The
-                // controller therefore requests the retained deployments once
-                // more. Repeats are ignored because they equal the stored ones.
+                // rmqtt's retainer stores a retained message from a queue,
+                // after the broker has routed it. A message published while
+                // this subscription is set up can therefore miss both the
+                // live route and the retained lookup: tests lost a deployment
+                // and a node's presence (and with it the node's labels) that
+                // way. Subscribing again re-sends every retained message once
+                // the queue has drained. Repeats change nothing, because they
+                // equal what the controller already holds.
                 if resubscribe_at.is_some_and(|at| at <= tokio::time::Instant::now()) {
                     resubscribe_at = None;
-                    if let Err(err) = client.try_subscribe(&ops, QoS::AtLeastOnce) {
-                        tracing::warn!(%err, "cannot repeat the deployment subscription");
+                    for filter in &retained_filters {
+                        if let Err(err) = client.try_subscribe(filter, QoS::AtLeastOnce) {
+                            tracing::warn!(filter, %err, "cannot repeat a retained subscription");
+                        }
                     }
                 }
                 if controller.dirty || last_reconcile.elapsed() >= RECONCILE_PERIOD {

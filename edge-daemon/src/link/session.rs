@@ -21,6 +21,10 @@ use super::{Inbound, LinkConfig, LinkHandle, LinkState, TlsFiles};
 /// leave before it drops the connection.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Delay after a connect without a session before the link subscribes to
+/// its desired state a second time; see [`Link::resubscribe_desired`].
+const DESIRED_RESUBSCRIBE_DELAY: Duration = Duration::from_secs(3);
+
 /// The link task's state. Build it with [`Link::new`], then run it.
 pub struct Link {
     node: NodeId,
@@ -86,17 +90,34 @@ impl Link {
         let mut backoff = Backoff::new(self.config.reconnect);
         // Errors since the last CONNACK.
         let mut errors: u32 = 0;
+        // When to subscribe to the desired state again after a new session.
+        let mut resubscribe_at: Option<tokio::time::Instant> = None;
         tracing::info!(node = %self.node, endpoint = %self.endpoint_name(), "link starting");
 
         loop {
+            let resubscribe_due = async {
+                match resubscribe_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             let event = tokio::select! {
                 _ = cancel.cancelled() => break,
+                () = resubscribe_due => {
+                    resubscribe_at = None;
+                    self.resubscribe_desired();
+                    continue;
+                }
                 event = self.eventloop.poll() => event,
             };
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     errors = 0;
                     backoff.reset();
+                    if !ack.session_present {
+                        resubscribe_at =
+                            Some(tokio::time::Instant::now() + DESIRED_RESUBSCRIBE_DELAY);
+                    }
                     self.on_connected(ack);
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
@@ -172,6 +193,19 @@ impl Link {
             session_present = ack.session_present,
             "link connected"
         );
+    }
+
+    /// Subscribes to the desired state once more. rmqtt's retainer stores a
+    /// retained message from a queue after routing it, so a desired state
+    /// published while the first subscription is set up can miss both the
+    /// live route and the retained lookup. The second subscription re-sends
+    /// the retained state; an equal generation is ignored by the app
+    /// manager.
+    fn resubscribe_desired(&self) {
+        let topic = self.topic(NodeKind::Desired);
+        if let Err(err) = self.current_client().try_subscribe(topic, QoS::AtLeastOnce) {
+            tracing::warn!(node = %self.node, error = %err, "cannot repeat the desired-state subscription");
+        }
     }
 
     fn set_disconnected(&self) {
