@@ -21,7 +21,7 @@ pub struct CommonArgs {
     pub log_format: LogFormat,
 
     /// Log filter in `tracing` env-filter syntax, e.g. `info` or
-    /// `tollway_edge=debug,info`. `RUST_LOG` is used when this is not set.
+    /// `info,rumqttc=debug`. `RUST_LOG` is used when this is not set.
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
 }

@@ -46,7 +46,7 @@ enum Command {
     /// Manage the fleet's certificate authority and certificates.
     Pki {
         /// Directory holding `ca.crt`, `ca.key`, `nodes/` and `servers/`.
-        #[arg(long, value_name = "DIR", default_value = "pki")]
+        #[arg(long, value_name = "DIR", default_value = "pki", global = true)]
         dir: PathBuf,
 
         /// Replace existing files instead of refusing to overwrite them.

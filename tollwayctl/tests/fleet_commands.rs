@@ -108,6 +108,25 @@ fn usage_errors_exit_2() {
     assert_eq!(ctl(&["apply"], &[]).status.code(), Some(2));
 }
 
+/// `--dir` works before and after the pki action, as operators type it.
+#[test]
+fn pki_dir_goes_anywhere_on_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let pki = pki.to_str().unwrap();
+
+    let init = ctl(&["pki", "init", "--dir", pki], &[]);
+    assert!(init.status.success(), "{}", stderr(&init));
+    let node = ctl(&["pki", "--dir", pki, "issue-node", "g44-0001"], &[]);
+    assert!(node.status.success(), "{}", stderr(&node));
+    let server = ctl(&["pki", "issue-server", "127.0.0.1", "--dir", pki], &[]);
+    assert!(server.status.success(), "{}", stderr(&server));
+
+    for file in ["ca.crt", "nodes/g44-0001.crt", "servers/127.0.0.1.crt"] {
+        assert!(dir.path().join("pki").join(file).exists(), "{file} missing");
+    }
+}
+
 #[test]
 fn unreachable_controller_exits_1() {
     let port = pick_port();
