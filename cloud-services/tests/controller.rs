@@ -1,8 +1,8 @@
 //! The provincial controller against the real `tollway-broker`, with
 //! simulated nodes over mutual TLS and deployments published as operators
 //! publish them: every placement mode, stable placement, late joiners, the
-//! grace-period move, invalid objects, broker data loss and a controller
-//! restart.
+//! grace-period move, invalid objects, broker data loss, a controller
+//! restart and the records per hour in the province status.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -12,8 +12,8 @@ use serde_json::Value;
 use tollway_testkit::center::*;
 use tollway_testkit::*;
 use tollway_topics::{
-    AppSpec, CenterEvent, Deployment, DesiredState, EventKind, Message, ObjectName, PlacementMode,
-    Selector, SpreadBy, Topic, samples,
+    AppSpec, CenterEvent, Deployment, DesiredState, EventKind, HourlySummary, Message, ObjectName,
+    PlacementMode, ProvinceStatus, Selector, SpreadBy, Topic, samples,
 };
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -191,6 +191,68 @@ fn generation(node: &Value) -> u64 {
     node["desired_generation"]
         .as_u64()
         .expect("node has a desired generation")
+}
+
+/// The province status reports the newest hour's records, summed from
+/// the nodes' hourly summaries, with a resent summary replacing its count.
+#[tokio::test(flavor = "multi_thread")]
+async fn province_status_counts_records_per_hour() {
+    let province = Province::start(600);
+    let n1 = sim(&province.files, "n1", &gantry("T1", "S1")).await;
+    let n2 = sim(&province.files, "n2", &gantry("T2", "S1")).await;
+    province.wait_apps("n1", &[]);
+    province.wait_apps("n2", &[]);
+
+    let send = |node: &SimNode, gantry: &str, hour_batch: u32, count: u64| {
+        let summary = HourlySummary {
+            gantry_id: gantry.to_string(),
+            hour_batch,
+            count,
+            fee_sum: count * 1000,
+            first_seq: Some(1),
+            last_seq: Some(count),
+        };
+        let (client, topic) = (node.client.clone(), node_topic(&node.id, "summary"));
+        async move {
+            client
+                .publish(topic, QoS::AtLeastOnce, false, summary.to_cbor().unwrap())
+                .await
+                .unwrap();
+        }
+    };
+    send(&n1, "G1", 2026120409, 900).await;
+    send(&n1, "G1", 2026120410, 1200).await;
+    send(&n1, "G2", 2026120410, 300).await;
+    send(&n2, "G3", 2026120410, 40).await;
+    // n2 resends G3 after a late record.
+    send(&n2, "G3", 2026120410, 41).await;
+
+    let (client, mut eventloop, ack) = connect(service_options(
+        &province.files,
+        "status-reader",
+        Some(SERVICE_PASSWORD),
+    ))
+    .await;
+    ack.expect("reader connects");
+    client
+        .subscribe("tollway/v1/44/center/status", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut last = None;
+    while tokio::time::Instant::now() < deadline {
+        let status = next_packet(&mut eventloop, WAIT, |packet| match packet {
+            Packet::Publish(publish) => Some(ProvinceStatus::from_cbor(&publish.payload).unwrap()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+        if status.records_per_hour == Some(1541) {
+            return;
+        }
+        last = Some(status.records_per_hour);
+    }
+    panic!("records_per_hour never reached 1541; last seen {last:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,13 +1,14 @@
 //! Intake of incoming messages: node presence and status into the
-//! inventory, deployment objects into the accepted set or the rejected list.
+//! inventory, hourly summaries into the records-per-hour count, deployment
+//! objects into the accepted set or the rejected list.
 //!
 //! A malformed message is logged with the node or object it names and
 //! ignored (a rejected deployment also becomes an event); it never stops
 //! the controller.
 
 use tollway_topics::{
-    Deployment, EventKind, Message, NodeId, NodeKind, NodeStatus, ObjectName, OpsKind, Presence,
-    Topic,
+    Deployment, EventKind, HourlySummary, Message, NodeId, NodeKind, NodeStatus, ObjectName,
+    OpsKind, Presence, Topic,
 };
 
 use super::inventory::NodeRecord;
@@ -31,6 +32,7 @@ impl Controller {
             } if province == self.province => match kind {
                 NodeKind::Presence => self.handle_presence(node, payload, now_ms),
                 NodeKind::Status => self.handle_status(node, payload, now_ms),
+                NodeKind::Summary => self.handle_summary(node, payload),
                 // Our own retained desired states come back on subscribe.
                 _ => {}
             },
@@ -67,6 +69,22 @@ impl Controller {
         }
         self.view_stale = true;
         self.persist_node(&node, &record);
+    }
+
+    /// Counts a node's hourly summary towards the province's records per
+    /// hour. The ingest checks summaries against the store; here only the
+    /// count matters, and only from nodes in the inventory.
+    fn handle_summary(&mut self, node: NodeId, payload: &[u8]) {
+        if !self.nodes.contains_key(&node) {
+            return;
+        }
+        match HourlySummary::from_cbor(payload) {
+            Ok(summary) => {
+                self.hourly.record(&node, &summary);
+                self.view_stale = true;
+            }
+            Err(err) => tracing::warn!(%node, %err, "ignored an invalid hourly summary"),
+        }
     }
 
     fn handle_status(&mut self, node: NodeId, payload: &[u8], now_ms: u64) {

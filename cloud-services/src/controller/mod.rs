@@ -5,7 +5,8 @@
 //! records), `store.rs` (RocksDB), `placement.rs` (the placement rules),
 //! `state.rs` (the state and publish queues), `intake.rs` (incoming
 //! messages), `reconcile.rs` (placement to desired states and events),
-//! `view.rs` (API snapshot and province status), `api.rs` (HTTP).
+//! `view.rs` (API snapshot and province status), `api.rs` (HTTP),
+//! `throughput.rs` (records per hour from the nodes' summaries).
 
 pub mod api;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod placement;
 pub mod reconcile;
 pub mod state;
 pub mod store;
+pub mod throughput;
 pub mod view;
 
 use std::sync::Arc;
@@ -111,6 +113,7 @@ pub async fn start(config: ControllerConfig, shutdown: &mut Shutdown) -> Result<
     let filters = vec![
         node_filter(province, NodeKind::Presence),
         node_filter(province, NodeKind::Status),
+        node_filter(province, NodeKind::Summary),
         ops_filter(OpsKind::Deployment),
     ];
     let (events_tx, events_rx) = mpsc::channel(LINK_CHANNEL);

@@ -52,6 +52,8 @@ pub struct Controller {
     pub(super) view_stale: bool,
     /// Messages ignored because the node limit was reached, for the log.
     pub(super) ignored_nodes: u64,
+    /// Records per hour from the nodes' hourly summaries.
+    pub(super) hourly: super::throughput::HourlyCounts,
 }
 
 impl Controller {
@@ -85,6 +87,7 @@ impl Controller {
             dirty: true,
             view_stale: true,
             ignored_nodes: 0,
+            hourly: Default::default(),
         }
     }
 

@@ -223,9 +223,7 @@ impl Controller {
             apps_failed: 0,
             deployments: 0,
             deployments_rejected: 0,
-            // NOTE: the controller does not see stored records; the ingest
-            // service would have to supply this figure.
-            records_per_hour: None,
+            records_per_hour: self.hourly.newest_hour_total(),
         };
         for (id, record) in &self.nodes {
             status.nodes_online += u32::from(record.online);
