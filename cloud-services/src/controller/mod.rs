@@ -5,7 +5,8 @@
 //! records), `store.rs` (RocksDB), `placement.rs` (the placement rules),
 //! `state.rs` (the state and publish queues), `intake.rs` (incoming
 //! messages), `reconcile.rs` (placement to desired states and events),
-//! `view.rs` (API snapshot and province status), `api.rs` (HTTP).
+//! `view.rs` (API snapshot and province status), `api.rs` (HTTP),
+//! `rollout/` (staged upgrades of a deployment's image).
 
 pub mod api;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod intake;
 pub mod inventory;
 pub mod placement;
 pub mod reconcile;
+pub mod rollout;
 pub mod state;
 pub mod store;
 pub mod view;
@@ -43,6 +45,9 @@ const RECONCILE_PERIOD: Duration = Duration::from_secs(5);
 /// Delay after a connect before the controller subscribes to the
 /// deployment topics a second time; see `run_loop`.
 const OPS_RESUBSCRIBE_DELAY: Duration = Duration::from_secs(2);
+/// How often the controller reconciles while a rollout is in progress, so
+/// that waves move on soon after nodes report.
+const ROLLOUT_STEP_PERIOD: Duration = Duration::from_secs(1);
 /// Minimum time between API snapshots.
 const SNAPSHOT_PERIOD: Duration = Duration::from_millis(500);
 
@@ -78,6 +83,7 @@ pub async fn start(config: ControllerConfig, shutdown: &mut Shutdown) -> Result<
         province = %province,
         nodes = loaded.nodes.len(),
         deployments = loaded.deployments.len(),
+        rollouts = loaded.rollouts.len(),
         "controller store loaded"
     );
     let controller = Controller::new(
@@ -112,6 +118,7 @@ pub async fn start(config: ControllerConfig, shutdown: &mut Shutdown) -> Result<
         node_filter(province, NodeKind::Presence),
         node_filter(province, NodeKind::Status),
         ops_filter(OpsKind::Deployment),
+        ops_filter(OpsKind::Rollout),
     ];
     let (events_tx, events_rx) = mpsc::channel(LINK_CHANNEL);
     shutdown.spawn(
@@ -155,7 +162,10 @@ async fn run_loop(
     let mut last_snapshot = tokio::time::Instant::now();
     let mut status_tick = tokio::time::interval(status_period);
     let status_topic = Topic::center(controller.province, CenterKind::Status).to_string();
-    let ops = ops_filter(OpsKind::Deployment);
+    let ops = [
+        ops_filter(OpsKind::Deployment),
+        ops_filter(OpsKind::Rollout),
+    ];
     let mut resubscribe_at: Option<tokio::time::Instant> = None;
     tracing::info!("controller started");
 
@@ -182,11 +192,15 @@ async fn run_loop(
                 // more. Repeats are ignored because they equal the stored ones.
                 if resubscribe_at.is_some_and(|at| at <= tokio::time::Instant::now()) {
                     resubscribe_at = None;
-                    if let Err(err) = client.try_subscribe(&ops, QoS::AtLeastOnce) {
-                        tracing::warn!(%err, "cannot repeat the deployment subscription");
+                    for filter in &ops {
+                        if let Err(err) = client.try_subscribe(filter, QoS::AtLeastOnce) {
+                            tracing::warn!(%err, filter, "cannot repeat the operators' objects subscription");
+                        }
                     }
                 }
-                if controller.dirty || last_reconcile.elapsed() >= RECONCILE_PERIOD {
+                let since = last_reconcile.elapsed();
+                let rollout_due = since >= ROLLOUT_STEP_PERIOD && controller.rollouts_active();
+                if controller.dirty || rollout_due || since >= RECONCILE_PERIOD {
                     controller.reconcile(now_ms());
                     last_reconcile = tokio::time::Instant::now();
                 }
