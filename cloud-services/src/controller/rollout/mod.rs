@@ -104,7 +104,7 @@ pub struct NodeProgress {
     /// Since when the node has reported the app running the new image
     /// without a restart, Unix ms.
     pub running_since_ms: Option<u64>,
-    /// Why the node failed or was rolled back.
+    /// Why the node failed; kept when it is rolled back.
     pub reason: Option<String>,
 }
 

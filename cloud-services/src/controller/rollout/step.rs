@@ -571,11 +571,10 @@ fn pause_on_failures(
                 node.phase,
                 NodePhase::Switching | NodePhase::Succeeded | NodePhase::Failed
             ) {
+                // A failed node keeps its failure as the reason; the others
+                // show up in the rolled-back count.
                 node.phase = NodePhase::RolledBack;
                 node.running_since_ms = None;
-                node.reason.get_or_insert_with(|| {
-                    "rolled back with its wave after the failure pause".to_string()
-                });
                 rolled_back += 1;
             }
         }

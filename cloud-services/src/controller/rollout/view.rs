@@ -25,13 +25,14 @@ pub struct RolloutView {
     /// complete; 0 before the first starts.
     pub wave: usize,
     pub waves: usize,
-    /// `prefetch` or `switch`.
+    /// `prefetch`, `switch`, or `done` once complete.
     pub phase: String,
     /// The current wave's nodes by phase.
     pub wave_counts: BTreeMap<String, usize>,
     /// Every started wave's nodes by phase.
     pub total_counts: BTreeMap<String, usize>,
-    /// Nodes that failed on the new image, with the reason.
+    /// Nodes that failed on the new image, with the reason, including
+    /// failed nodes rolled back since.
     pub failures: Vec<NodeOutcome>,
     /// Every node of a started wave.
     pub nodes: Vec<NodeOutcome>,
@@ -170,16 +171,17 @@ impl Controller {
                 shown_wave + 1
             },
             waves: record.spec.waves.len(),
-            phase: match progress.wave_phase {
-                WavePhase::Prefetch => "prefetch",
-                WavePhase::Switch => "switch",
+            phase: match (progress.state, progress.wave_phase) {
+                (RolloutState::Completed, _) => "done",
+                (_, WavePhase::Prefetch) => "prefetch",
+                (_, WavePhase::Switch) => "switch",
             }
             .to_string(),
             wave_counts,
             total_counts,
             failures: nodes
                 .iter()
-                .filter(|node| node.phase == "failed" || node.reason.is_some())
+                .filter(|node| node.reason.is_some())
                 .cloned()
                 .collect(),
             nodes,
