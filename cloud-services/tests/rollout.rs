@@ -1,5 +1,5 @@
 //! Rollouts in the provincial controller against the real broker, with
-//! simulated nodes that answer desired states as edge daemons do, and the
+//! simulated nodes that report on desired states as edge daemons do, and the
 //! rollout driven through `tollwayctl`: a failure threshold that pauses a
 //! 1,000-node rollout before its second wave (with rollback and resume),
 //! and a controller restart in the middle of a wave.

@@ -1,9 +1,9 @@
-//! A rollout end to end with real Podman: four `tollway-edge` daemons (two
-//! gantries, each an active/standby pair) on the real broker, the
-//! provincial controller in `tollway-center`, and `tollwayctl` applying a
-//! deployment of the toll app 1.0.0 and then a rollout to 1.1.0 in two
-//! waves. Checks that every node ends on 1.1.0, that the waves ran in
-//! order, that the two nodes of a gantry never switched together, and
+//! A rollout end to end with real Podman. Four `tollway-edge` daemons (two
+//! gantries, each an active/standby pair) run on the real broker beside
+//! the provincial controller in `tollway-center`. `tollwayctl` applies a
+//! deployment of the toll app 1.0.0, then a rollout to 1.1.0 in two waves.
+//! The test checks that every node ends on 1.1.0, that the waves ran in
+//! order and that the two nodes of a gantry never switched together, and
 //! prints the interruption each daemon measured.
 
 mod apps_support;

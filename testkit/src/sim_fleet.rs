@@ -1,5 +1,6 @@
-//! A fleet of simulated edge nodes that answer their desired state the way
-//! an edge daemon does, for controller tests with a thousand nodes and more.
+//! A fleet of simulated edge nodes that report on their desired state the
+//! way an edge daemon does, for controller tests with a thousand nodes and
+//! more.
 //!
 //! Each node is its own mutual-TLS MQTT session (the broker checks that a
 //! node only touches its own topics). On every desired state it receives, a
@@ -24,7 +25,7 @@ const CONNECT_BATCH: usize = 50;
 /// The interruption a simulated node reports for a switch, in milliseconds.
 pub const SIM_SWITCH_MS: u32 = 1_200;
 
-/// What the simulated nodes do, shared with the test.
+/// The simulated nodes' behaviour, shared with the test.
 #[derive(Debug, Default)]
 pub struct Behaviour {
     /// Node ids that fail on an image, by image.

@@ -36,7 +36,8 @@ pub struct Reconciler {
     puller: Puller,
     restarts: Restarts,
     /// Each app's interruption at its last switch from a running container
-    /// to the container of a new spec; reported as `last_switch_ms`.
+    /// to the container of a new spec, reported as `last_switch_ms`.
+    // NOTE: kept in memory only, so a daemon restart forgets it.
     last_switch: HashMap<String, u32>,
 }
 

@@ -6,7 +6,7 @@
 //! threshold of them report it pulled, or the prefetch timeout passes. Then
 //! it switches the wave's nodes to the new image, never two nodes with the
 //! same pair label value at once. A wave finishes when its success
-//! threshold of nodes run the new image for the settle time; it pauses the
+//! threshold of nodes run the new image for the settle time. It pauses the
 //! rollout when its failure threshold of nodes fail on the new image.
 //!
 //! The rollout changes nothing in the deployment object: the controller
@@ -44,7 +44,7 @@ pub struct Progress {
     /// object with another fingerprint starts over from the first wave.
     pub fingerprint: u64,
     pub state: RolloutState,
-    /// Why the rollout is paused or blocked.
+    /// The reason the rollout is paused or blocked.
     pub reason: Option<String>,
     /// The object's `resume` counter when the rollout paused itself on
     /// failures; it continues once the counter is higher.
@@ -104,11 +104,11 @@ pub struct NodeProgress {
     /// Since when the node has reported the app running the new image
     /// without a restart, Unix ms.
     pub running_since_ms: Option<u64>,
-    /// Why the node failed; kept when it is rolled back.
+    /// The reason the node failed, kept when it is rolled back.
     pub reason: Option<String>,
 }
 
-/// Where one node stands.
+/// A node's place in the rollout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NodePhase {
@@ -205,8 +205,8 @@ pub fn fingerprint(spec: &Rollout) -> u64 {
     })
 }
 
-/// Returns the number of nodes out of `total` that `pct` percent asks
-/// for, rounded up so that a threshold is never met by fewer nodes.
+/// Returns `pct` percent of `total` nodes, rounded up so that a threshold
+/// is never met by fewer nodes.
 pub fn threshold(pct: u8, total: usize) -> usize {
     (total * usize::from(pct)).div_ceil(100)
 }

@@ -13,7 +13,7 @@ use super::super::inventory::{AppSummary, NodeRecord};
 use super::super::state::Controller;
 use super::{NodePhase, Progress, RolloutRecord, RolloutState, WavePhase, WaveProgress, threshold};
 
-/// What a step reads from the controller.
+/// The controller state a step reads.
 pub struct Inputs<'a> {
     pub nodes: &'a BTreeMap<NodeId, NodeRecord>,
     pub desired: &'a BTreeMap<NodeId, DesiredState>,
@@ -21,7 +21,7 @@ pub struct Inputs<'a> {
     pub deployments: &'a BTreeMap<ObjectName, Deployment>,
 }
 
-/// An event a step asks the controller to publish.
+/// An event for the controller to publish: its kind and message.
 pub type StepEvent = (EventKind, String);
 
 impl Controller {
@@ -77,7 +77,14 @@ pub fn step(
         return events;
     }
 
-    let Some(deployment) = inputs.deployments.get(&record.spec.deployment) else {
+    let deployment = inputs.deployments.get(&record.spec.deployment);
+    let placed = inputs.assignments.contains_key(&record.spec.deployment);
+    if state == RolloutState::Completed && (deployment.is_none() || !placed) {
+        // A completed rollout stays complete; it applies again once the
+        // deployment is back.
+        return events;
+    }
+    let Some(deployment) = deployment else {
         block(
             record,
             format!("deployment {} not found", record.spec.deployment),
@@ -380,7 +387,7 @@ fn switch_eligible(record: &mut RolloutRecord, inputs: &Inputs<'_>, last: usize,
             .is_some_and(|record| record.online)
     };
     // NOTE: a node that went offline while switching does not hold back its
-    // pair partner; if it reconnects while the partner switches, both
+    // pair partner. If it reconnects while the partner switches, both
     // switch at once.
     let mut busy: HashSet<String> = record
         .progress

@@ -19,7 +19,7 @@ pub struct RolloutView {
     pub from_image: Option<String>,
     /// `running`, `paused`, `blocked`, `aborted`, `completed` or `rejected`.
     pub state: String,
-    /// Why the rollout is paused, blocked or rejected.
+    /// The reason the rollout is paused, blocked or rejected.
     pub reason: Option<String>,
     /// 1-based number of the wave in progress, or of the last wave once
     /// complete; 0 before the first starts.

@@ -1,4 +1,4 @@
-//! Which nodes a wave covers, decided when the wave starts.
+//! The nodes a wave covers, decided when the wave starts.
 //!
 //! The targets are the nodes the deployment is placed on at that moment.
 //! A selector wave takes the targets whose labels match. A percent wave is
