@@ -414,3 +414,134 @@ async fn restart_resumes_the_wave() {
     assert_eq!(done["total_counts"]["succeeded"], 40, "{}", summary(&done));
     assert_pairs_staggered(&done, &labels, 4_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pause_resume_abort_through_tollwayctl() {
+    let province = Province::start();
+    let _fleet = SimFleet::start(&province.files, gantry_fleet(20)).await;
+    let deployment = province.write("deployment.yaml", DEPLOYMENT);
+    province.ctl.ok(&["apply", "-f", &deployment]);
+    province.wait_app_running(20);
+
+    // One wave of 20 nodes in 10 gantries: each gantry's second node waits
+    // for the first to settle, 3 s here.
+    let rollout = province.write("rollout.yaml", &rollout_yaml("  - percent: 100", 3, false));
+    province.ctl.ok(&["apply", "-f", &rollout]);
+    province.wait_rollout("the wave to switch", Duration::from_secs(60), |view| {
+        view["wave_counts"]["switching"].as_u64().unwrap_or(0) > 0
+    });
+
+    let output = province.ctl.ok(&["rollout", "pause", "toll-app-1-1"]);
+    assert!(output.contains("pause requested"), "{output}");
+    let paused = province.wait_rollout("the pause", Duration::from_secs(15), |view| {
+        view["state"] == "paused"
+    });
+    assert_eq!(paused["reason"], "paused by an operator");
+    let switched_at_pause = switched_count(&paused);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let later = province.ctl.rollout_status("toll-app-1-1").unwrap();
+    assert_eq!(
+        switched_count(&later),
+        switched_at_pause,
+        "nodes were switched while paused"
+    );
+
+    // The status reads in Simplified Chinese under a zh_CN locale.
+    let chinese = province
+        .ctl
+        .run_in_locale(&["rollout", "status", "toll-app-1-1"], "zh_CN.UTF-8");
+    let text = String::from_utf8_lossy(&chinese.stdout);
+    assert!(text.contains("批次"), "{text}");
+    assert!(text.contains("状态"), "{text}");
+
+    province.ctl.ok(&["rollout", "resume", "toll-app-1-1"]);
+    province.wait_rollout(
+        "more switches after resume",
+        Duration::from_secs(30),
+        |view| view["state"] == "running" && switched_count(view) > switched_at_pause,
+    );
+
+    let output = province.ctl.ok(&["rollout", "abort", "toll-app-1-1"]);
+    assert!(output.contains("abort requested"), "{output}");
+    let aborted = province.wait_rollout("the abort", Duration::from_secs(15), |view| {
+        view["state"] == "aborted"
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let aborted = province
+        .ctl
+        .rollout_status("toll-app-1-1")
+        .unwrap_or(aborted);
+    for node in aborted["nodes"].as_array().unwrap() {
+        let id = node["node"].as_str().unwrap();
+        let desired = retained_desired(&province.files, id).await;
+        let app = &desired.apps[0];
+        if node["phase"] == "prefetching" {
+            assert_eq!(app.image, OLD, "node {id} was not switched: {app:?}");
+            assert_eq!(app.next_image, None, "node {id} still prefetches: {app:?}");
+        } else {
+            assert_eq!(app.image, NEW, "node {id} was switched: {app:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn offline_node_neither_blocks_nor_is_forgotten() {
+    let province = Province::start();
+    let labels = gantry_fleet(10);
+    let mut fleet = SimFleet::start(&province.files, labels).await;
+    let deployment = province.write("deployment.yaml", DEPLOYMENT);
+    province.ctl.ok(&["apply", "-f", &deployment]);
+    province.wait_app_running(10);
+
+    let offline = "n00004";
+    fleet.disconnect(offline);
+    wait_for("the node to be offline", Duration::from_secs(15), || {
+        let node = http_json(province.api_port, &format!("/v1/nodes/{offline}"));
+        if node["online"] == false {
+            Ok(())
+        } else {
+            Err(node.to_string())
+        }
+    });
+
+    // wave_timeout_s is 5 s: after it the offline node no longer counts.
+    let rollout = rollout_yaml("  - percent: 100", 1, false)
+        .replace("wave_timeout_s: 120", "wave_timeout_s: 5");
+    let rollout = province.write("rollout.yaml", &rollout);
+    province.ctl.ok(&["apply", "-f", &rollout]);
+    let done = province.wait_rollout("the rollout to complete", Duration::from_secs(60), |view| {
+        view["state"] == "completed"
+    });
+    let node = |view: &Value| {
+        view["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|node| node["node"] == offline)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(node(&done)["phase"], "prefetching", "{}", node(&done));
+    assert_eq!(node(&done)["online"], false);
+    assert_eq!(done["total_counts"]["succeeded"], 9, "{}", summary(&done));
+
+    fleet.reconnect(&province.files, offline).await;
+    let converged = province.wait_rollout(
+        "the returning node to switch",
+        Duration::from_secs(60),
+        |view| node(view)["phase"] == "succeeded",
+    );
+    assert_eq!(converged["total_counts"]["succeeded"], 10);
+    let desired = retained_desired(&province.files, offline).await;
+    assert_eq!(desired.apps[0].image, NEW, "{desired:?}");
+}
+
+/// Returns how many nodes of a rollout view have been switched.
+fn switched_count(view: &Value) -> usize {
+    view["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|node| node["switched_ms"].is_u64())
+        .count()
+}

@@ -31,13 +31,18 @@ impl Ctl {
 
     /// Runs `tollwayctl` with `args` in the C locale.
     pub fn run(&self, args: &[&str]) -> Output {
+        self.run_in_locale(args, "C")
+    }
+
+    /// Runs `tollwayctl` with `args` and `LANG` set to `lang`.
+    pub fn run_in_locale(&self, args: &[&str], lang: &str) -> Output {
         Command::new(bin_path("tollwayctl"))
             .arg("--config")
             .arg(&self.config)
             .args(args)
             .env_remove("LC_ALL")
             .env_remove("LC_MESSAGES")
-            .env("LANG", "C")
+            .env("LANG", lang)
             .output()
             .unwrap()
     }

@@ -44,8 +44,10 @@ struct NodeMemory {
 pub struct SimFleet {
     pub ids: Vec<String>,
     pub behaviour: Arc<Mutex<Behaviour>>,
+    labels: BTreeMap<String, BTreeMap<String, String>>,
+    subscribed: Arc<AtomicUsize>,
     statuses: Arc<AtomicUsize>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: HashMap<String, tokio::task::JoinHandle<()>>,
 }
 
 impl SimFleet {
@@ -62,8 +64,10 @@ impl SimFleet {
         let mut fleet = SimFleet {
             ids: labels.keys().cloned().collect(),
             behaviour: behaviour.clone(),
+            labels: labels.clone(),
+            subscribed: subscribed.clone(),
             statuses: statuses.clone(),
-            tasks: Vec::with_capacity(labels.len()),
+            tasks: HashMap::with_capacity(labels.len()),
         };
         let entries: Vec<(String, BTreeMap<String, String>)> = labels.into_iter().collect();
         for batch in entries.chunks(CONNECT_BATCH) {
@@ -77,7 +81,7 @@ impl SimFleet {
                     subscribed.clone(),
                     statuses.clone(),
                 );
-                fleet.tasks.push(task);
+                fleet.tasks.insert(id.clone(), task);
             }
             let deadline = Instant::now() + Duration::from_secs(60);
             while subscribed.load(Ordering::SeqCst) < target {
@@ -102,6 +106,38 @@ impl SimFleet {
             .extend(nodes);
     }
 
+    /// Drops node `id`'s connection without a DISCONNECT, as a cut link
+    /// would, so the broker publishes its offline will.
+    pub fn disconnect(&mut self, id: &str) {
+        if let Some(task) = self.tasks.remove(id) {
+            task.abort();
+        }
+    }
+
+    /// Connects node `id` again after [`SimFleet::disconnect`] and waits
+    /// until it has subscribed. The node starts with no memory of earlier
+    /// images, as a daemon whose process restarted.
+    pub async fn reconnect(&mut self, files: &BrokerFiles, id: &str) {
+        let target = self.subscribed.load(Ordering::SeqCst) + 1;
+        let task = spawn_node(
+            files,
+            id.to_string(),
+            self.labels[id].clone(),
+            self.behaviour.clone(),
+            self.subscribed.clone(),
+            self.statuses.clone(),
+        );
+        self.tasks.insert(id.to_string(), task);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.subscribed.load(Ordering::SeqCst) < target {
+            assert!(
+                Instant::now() < deadline,
+                "node {id} did not subscribe again within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Returns how many statuses the fleet has published.
     pub fn statuses_sent(&self) -> usize {
         self.statuses.load(Ordering::SeqCst)
@@ -110,7 +146,7 @@ impl SimFleet {
 
 impl Drop for SimFleet {
     fn drop(&mut self) {
-        for task in &self.tasks {
+        for task in self.tasks.values() {
             task.abort();
         }
     }

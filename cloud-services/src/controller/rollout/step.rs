@@ -352,11 +352,20 @@ fn start_wave(
 
 /// Reports whether the current wave may switch: the success threshold of
 /// its nodes report the new image pulled, or the prefetch timeout passed.
+/// After the wave timeout, offline nodes no longer count here either.
 fn prefetch_done(record: &RolloutRecord, inputs: &Inputs<'_>, app: &str, now_ms: u64) -> bool {
     let wave = &record.progress.waves[record.progress.current_wave];
     let elapsed_ms = now_ms.saturating_sub(wave.started_ms);
     if elapsed_ms >= u64::from(record.spec.prefetch_timeout_s) * 1000 {
         return true;
+    }
+    let mut counted = wave.nodes.len();
+    if elapsed_ms >= u64::from(record.spec.wave_timeout_s) * 1000 {
+        counted -= wave
+            .nodes
+            .iter()
+            .filter(|node| !is_online(inputs, node))
+            .count();
     }
     let image = record.spec.image.as_str();
     let ready = wave
@@ -369,7 +378,14 @@ fn prefetch_done(record: &RolloutRecord, inputs: &Inputs<'_>, app: &str, now_ms:
             .is_some_and(|status| status.next_image_ready)
         })
         .count();
-    ready >= threshold(record.spec.success_threshold_pct, wave.nodes.len())
+    ready >= threshold(record.spec.success_threshold_pct, counted)
+}
+
+fn is_online(inputs: &Inputs<'_>, node: &str) -> bool {
+    NodeId::new(node)
+        .ok()
+        .and_then(|id| inputs.nodes.get(&id))
+        .is_some_and(|record| record.online)
 }
 
 /// Switches prefetching nodes of waves up to `last` that are online, unless
@@ -380,12 +396,7 @@ fn switch_eligible(record: &mut RolloutRecord, inputs: &Inputs<'_>, last: usize,
         let id = NodeId::new(node).ok()?;
         inputs.nodes.get(&id)?.labels.get(pair_label).cloned()
     };
-    let online = |node: &str| -> bool {
-        NodeId::new(node)
-            .ok()
-            .and_then(|id| inputs.nodes.get(&id))
-            .is_some_and(|record| record.online)
-    };
+    let online = |node: &str| is_online(inputs, node);
     // NOTE: a node that went offline while switching does not hold back its
     // pair partner. If it reconnects while the partner switches, both
     // switch at once.
@@ -532,11 +543,7 @@ fn wave_counts(
             NodePhase::Succeeded => counts.succeeded += 1,
             NodePhase::Failed => counts.failed += 1,
             NodePhase::Prefetching | NodePhase::Switching => {
-                let online = NodeId::new(node.as_str())
-                    .ok()
-                    .and_then(|id| inputs.nodes.get(&id))
-                    .is_some_and(|record| record.online);
-                counts.offline += usize::from(!online);
+                counts.offline += usize::from(!is_online(inputs, node));
             }
             NodePhase::RolledBack => {}
         }
