@@ -60,13 +60,26 @@ async fn update_prefetches_then_switches() {
         })
         .await;
     assert_eq!(report.apps.len(), 1);
+    let first = app_status(&report, "toll-app").unwrap();
+    assert_eq!(
+        first.last_switch_ms, None,
+        "a first start is not a switch: {first:?}"
+    );
     let before = node.containers();
     assert_eq!(before.len(), 1, "containers: {before:?}");
 
     spec.image = new.clone();
     spec.next_image = None;
     node.send(&desired(2, vec![spec]));
-    node.wait_running(2, "toll-app").await;
+    let report = node.wait_running(2, "toll-app").await;
+    let switched = app_status(&report, "toll-app").unwrap();
+    let switch_ms = switched
+        .last_switch_ms
+        .expect("the switch reports its interruption");
+    assert!(
+        switch_ms < 60_000,
+        "interruption {switch_ms} ms is longer than the stop timeout allows"
+    );
 
     let after = node.containers();
     assert_eq!(after.len(), 1, "old container not removed: {after:?}");

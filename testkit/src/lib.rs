@@ -26,9 +26,15 @@ use time::OffsetDateTime;
 pub mod bridge;
 pub mod center;
 pub mod collect;
+pub mod ctl;
 pub mod gate;
 pub mod mosquitto;
 pub mod port;
+pub mod sim_fleet;
+
+/// JSON as the centre APIs return it, for test crates without their own
+/// `serde_json` dependency.
+pub use serde_json;
 
 pub const PROVINCE: u8 = 44;
 pub const SERVICE_USER: &str = "ingest";

@@ -1,23 +1,63 @@
-//! `tollwayctl apply -f FILE` and `tollwayctl delete deployment NAME`.
+//! `tollwayctl apply -f FILE` and `tollwayctl delete deployment|rollout NAME`.
 //!
-//! A file contains one or more deployment documents separated by `---`. Each
-//! is validated locally first, with the same rules the controller applies,
-//! and an error names the file, line, column and field. Nothing is
-//! published unless every document in the file is valid.
+//! A file contains one or more documents separated by `---`. A document's
+//! top-level `kind:` line names its type, `Deployment` (the default when
+//! there is none) or `Rollout`. Each document is validated locally first,
+//! with the same rules the controller applies, and an error names the
+//! file, line, column and field. Nothing is published unless every
+//! document in the file is valid.
 
 use std::path::Path;
 
 use serde::Deserialize;
-use tollway_topics::{Deployment, Message, ObjectName, Topic};
+use tollway_topics::{Deployment, Message, ObjectName, Rollout, Topic};
 
 use crate::connection::Connection;
 use crate::locale::text;
 
-/// A deployment read from a file, with its wire form.
+/// An operator's object read from a file.
+pub enum Object {
+    Deployment(Deployment),
+    Rollout(Rollout),
+}
+
+impl Object {
+    /// Returns the object kind as written in `tollwayctl` output: `deployment` or `rollout`.
+    fn kind(&self) -> &'static str {
+        match self {
+            Object::Deployment(_) => "deployment",
+            Object::Rollout(_) => "rollout",
+        }
+    }
+
+    fn name(&self) -> &ObjectName {
+        match self {
+            Object::Deployment(deployment) => &deployment.name,
+            Object::Rollout(rollout) => &rollout.name,
+        }
+    }
+
+    fn to_yaml(&self) -> String {
+        match self {
+            Object::Deployment(deployment) => serde_norway::to_string(deployment),
+            Object::Rollout(rollout) => serde_norway::to_string(rollout),
+        }
+        .unwrap_or_default()
+    }
+}
+
+/// An object read from a file, with its wire form.
 pub struct Parsed {
-    pub deployment: Deployment,
+    pub object: Object,
     pub topic: String,
     pub cbor: Vec<u8>,
+}
+
+/// The kinds a document may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Deployment,
+    Rollout,
 }
 
 /// Reads and validates every document of `path`.
@@ -29,37 +69,47 @@ pub fn parse_file(path: &Path) -> Result<Vec<Parsed>, String> {
             text("cannot read:", "无法读取：")
         )
     })?;
+    let (yaml, kinds) = take_kinds(path, &yaml)?;
     let mut parsed = Vec::new();
     for (index, document) in serde_norway::Deserializer::from_str(&yaml).enumerate() {
-        let deployment = Deployment::deserialize(document).map_err(|err| {
-            let place = match err.location() {
-                Some(location) => format!(
-                    "{}:{}:{}",
-                    path.display(),
-                    location.line(),
-                    location.column()
-                ),
-                None => format!(
-                    "{} ({} {})",
-                    path.display(),
-                    text("document", "文档"),
-                    index + 1
-                ),
-            };
-            format!("{place}: {err}")
-        })?;
-        let cbor = deployment.to_cbor().map_err(|err| {
+        let place = |err: &serde_norway::Error| match err.location() {
+            Some(location) => format!(
+                "{}:{}:{}",
+                path.display(),
+                location.line(),
+                location.column()
+            ),
+            None => format!(
+                "{} ({} {})",
+                path.display(),
+                text("document", "文档"),
+                index + 1
+            ),
+        };
+        let kind = kinds.get(index).copied().unwrap_or(Kind::Deployment);
+        let object = match kind {
+            Kind::Deployment => Deployment::deserialize(document).map(Object::Deployment),
+            Kind::Rollout => Rollout::deserialize(document).map(Object::Rollout),
+        }
+        .map_err(|err| format!("{}: {err}", place(&err)))?;
+        let (cbor, topic) = match &object {
+            Object::Deployment(deployment) => (
+                deployment.to_cbor(),
+                Topic::deployment(deployment.name.clone()),
+            ),
+            Object::Rollout(rollout) => (rollout.to_cbor(), Topic::rollout(rollout.name.clone())),
+        };
+        let cbor = cbor.map_err(|err| {
             format!(
                 "{} ({} {}): {err}",
                 path.display(),
-                text("deployment", "deployment"),
-                deployment.name
+                object.kind(),
+                object.name()
             )
         })?;
-        let topic = Topic::deployment(deployment.name.clone()).to_string();
         parsed.push(Parsed {
-            deployment,
-            topic,
+            object,
+            topic: topic.to_string(),
             cbor,
         });
     }
@@ -67,23 +117,75 @@ pub fn parse_file(path: &Path) -> Result<Vec<Parsed>, String> {
         return Err(format!(
             "{}: {}",
             path.display(),
-            text("the file holds no deployment", "文件中没有 deployment")
+            text(
+                "the file holds no deployment or rollout",
+                "文件中没有 deployment 或 rollout"
+            )
         ));
     }
-    let mut names: Vec<&str> = parsed.iter().map(|p| p.deployment.name.as_str()).collect();
-    names.sort_unstable();
-    if let Some(pair) = names.windows(2).find(|pair| pair[0] == pair[1]) {
+    let mut topics: Vec<&str> = parsed.iter().map(|p| p.topic.as_str()).collect();
+    topics.sort_unstable();
+    if let Some(pair) = topics.windows(2).find(|pair| pair[0] == pair[1]) {
         return Err(format!(
             "{}: {} {}",
             path.display(),
-            text(
-                "the file names deployment twice:",
-                "文件中 deployment 名称重复："
-            ),
+            text("the file names an object twice:", "文件中对象重复："),
             pair[0]
         ));
     }
     Ok(parsed)
+}
+
+/// Reads each document's top-level `kind:` line and blanks it (keeping the
+/// line numbers), because the object types reject unknown keys. Returns
+/// the text and the kind of each document in order.
+fn take_kinds(path: &Path, yaml: &str) -> Result<(String, Vec<Kind>), String> {
+    let mut kinds = Vec::new();
+    let mut current: Option<Kind> = None;
+    let mut has_content = false;
+    let mut out = String::with_capacity(yaml.len());
+    for (number, line) in yaml.lines().enumerate() {
+        if line.starts_with("---") {
+            if has_content {
+                kinds.push(current.take().unwrap_or(Kind::Deployment));
+            }
+            current = None;
+            has_content = false;
+            out.push_str(line);
+        } else if let Some(value) = line.strip_prefix("kind:") {
+            let value = value.split('#').next().unwrap_or("").trim();
+            let kind = match value.trim_matches(|c| c == '"' || c == '\'') {
+                "Deployment" => Kind::Deployment,
+                "Rollout" => Kind::Rollout,
+                other => {
+                    return Err(format!(
+                        "{}:{}:1: {} {other:?}; {}",
+                        path.display(),
+                        number + 1,
+                        text("unknown kind", "未知的 kind"),
+                        text(
+                            "expected Deployment or Rollout",
+                            "应为 Deployment 或 Rollout"
+                        )
+                    ));
+                }
+            };
+            current = Some(kind);
+            has_content = true;
+            out.push('#');
+        } else {
+            let trimmed = line.trim();
+            if !trimmed.is_empty() && !trimmed.starts_with('#') {
+                has_content = true;
+            }
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    if has_content {
+        kinds.push(current.unwrap_or(Kind::Deployment));
+    }
+    Ok((out, kinds))
 }
 
 /// Validates the file and publishes it, or with `dry_run` prints what
@@ -93,7 +195,7 @@ pub fn apply(path: &Path, dry_run: bool, connection: &Connection) -> Result<Stri
     if dry_run {
         let mut out = String::new();
         for item in &parsed {
-            let yaml = serde_norway::to_string(&item.deployment).unwrap_or_default();
+            let yaml = item.object.to_yaml();
             out.push_str(&format!(
                 "# {} {} ({} {})\n{yaml}---\n",
                 text("would publish retained to", "将以 retained 方式发布到"),
@@ -118,8 +220,9 @@ pub fn apply(path: &Path, dry_run: bool, connection: &Connection) -> Result<Stri
         .iter()
         .map(|item| {
             format!(
-                "deployment/{} {}",
-                item.deployment.name,
+                "{}/{} {}",
+                item.object.kind(),
+                item.object.name(),
                 text("published", "已发布")
             )
         })
@@ -127,10 +230,14 @@ pub fn apply(path: &Path, dry_run: bool, connection: &Connection) -> Result<Stri
     Ok(lines.join("\n"))
 }
 
-/// Deletes a deployment: an empty retained payload on its topic.
-pub fn delete(name: &str, connection: &Connection) -> Result<String, String> {
+/// Deletes a deployment or rollout: an empty retained payload on its topic.
+pub fn delete(rollout: bool, name: &str, connection: &Connection) -> Result<String, String> {
     let name = ObjectName::new(name).map_err(|err| err.to_string())?;
-    let topic = Topic::deployment(name.clone()).to_string();
-    connection.publish_retained(&[(topic, Vec::new())])?;
-    Ok(format!("deployment/{name} {}", text("deleted", "已删除")))
+    let (kind, topic) = if rollout {
+        ("rollout", Topic::rollout(name.clone()))
+    } else {
+        ("deployment", Topic::deployment(name.clone()))
+    };
+    connection.publish_retained(&[(topic.to_string(), Vec::new())])?;
+    Ok(format!("{kind}/{name} {}", text("deleted", "已删除")))
 }

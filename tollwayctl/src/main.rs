@@ -10,6 +10,7 @@ mod get;
 mod locale;
 mod pki;
 mod records;
+mod rollout;
 mod table;
 
 use std::path::PathBuf;
@@ -33,7 +34,8 @@ struct Cli {
     #[command(flatten)]
     connection: ConnectionArgs,
 
-    /// Output format of `get`, `describe`, `fleet` and `records query`.
+    /// Output format of `get`, `describe`, `fleet`, `records query` and
+    /// `rollout status`.
     #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
     output: Output,
 
@@ -56,21 +58,37 @@ enum Command {
         #[command(subcommand)]
         action: PkiAction,
     },
-    /// Validate deployments in a YAML file and publish them.
+    /// Validate deployments and rollouts in a YAML file and publish them.
     Apply {
-        /// YAML file with one or more deployments separated by `---`.
-        #[arg(short = 'f', long = "filename", value_name = "FILE")]
-        file: PathBuf,
+        /// YAML file with one or more documents separated by `---`; each
+        /// names `kind: Deployment` (the default) or `kind: Rollout`.
+        #[arg(
+            short = 'f',
+            long = "filename",
+            value_name = "FILE",
+            required_unless_present = "path",
+            conflicts_with = "path"
+        )]
+        file: Option<PathBuf>,
+        /// The YAML file, given without `-f`.
+        #[arg(value_name = "PATH")]
+        path: Option<PathBuf>,
         /// Validate and print what would be published, without connecting.
         #[arg(long)]
         dry_run: bool,
     },
-    /// Delete a deployment (its instances stop on every node).
+    /// Delete a deployment (its instances stop on every node) or a rollout
+    /// (its nodes return to the deployment's image).
     Delete {
         #[arg(value_enum)]
         kind: DeleteKind,
-        /// Deployment name.
+        /// Deployment or rollout name.
         name: String,
+    },
+    /// Follow and steer a rollout.
+    Rollout {
+        #[command(subcommand)]
+        action: RolloutAction,
     },
     /// List nodes, deployments or apps from the provincial controller.
     Get {
@@ -96,6 +114,21 @@ enum Command {
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum DeleteKind {
     Deployment,
+    Rollout,
+}
+
+#[derive(Debug, Subcommand)]
+enum RolloutAction {
+    /// Show the wave, node counts per state, failures and interruptions.
+    Status { name: String },
+    /// Stop switching nodes; a later `resume` continues.
+    Pause { name: String },
+    /// Continue after an operator pause or a pause on failures (which
+    /// repeats the wave that failed).
+    Resume { name: String },
+    /// Stop the rollout for good: switched nodes keep the new image, the
+    /// others keep the previous one.
+    Abort { name: String },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -168,11 +201,29 @@ fn main() -> ExitCode {
 fn run(command: Command, output: Output, connection: &Connection) -> Result<String, String> {
     match command {
         Command::Pki { dir, force, action } => run_pki(dir, force, action),
-        Command::Apply { file, dry_run } => apply::apply(&file, dry_run, connection),
-        Command::Delete {
-            kind: DeleteKind::Deployment,
-            name,
-        } => apply::delete(&name, connection),
+        Command::Apply {
+            file,
+            path,
+            dry_run,
+        } => {
+            let file = file.or(path).ok_or("apply needs a file: -f FILE")?;
+            apply::apply(&file, dry_run, connection)
+        }
+        Command::Delete { kind, name } => {
+            apply::delete(matches!(kind, DeleteKind::Rollout), &name, connection)
+        }
+        Command::Rollout { action } => match action {
+            RolloutAction::Status { name } => rollout::status(&name, output, connection),
+            RolloutAction::Pause { name } => {
+                rollout::control(&name, rollout::Control::Pause, connection)
+            }
+            RolloutAction::Resume { name } => {
+                rollout::control(&name, rollout::Control::Resume, connection)
+            }
+            RolloutAction::Abort { name } => {
+                rollout::control(&name, rollout::Control::Abort, connection)
+            }
+        },
         Command::Get { resource } => get::get(resource, output, connection),
         Command::Describe {
             kind: DescribeKind::Node,

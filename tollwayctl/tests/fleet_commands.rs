@@ -293,3 +293,49 @@ fn example_deployments_pass_dry_run() {
         "{text}"
     );
 }
+
+#[test]
+fn example_rollout_passes_dry_run() {
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/examples/rollout.yaml"
+    );
+    let output = ctl(&["apply", file, "--dry-run"], &[]);
+
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(
+        text.contains("tollway/v1/ops/rollouts/toll-app-1-1"),
+        "{text}"
+    );
+    assert!(text.contains("settle_s: 30"), "{text}");
+}
+
+#[test]
+fn rollout_kind_errors_name_line_and_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        "kind: Rollout\nname: up\ndeployment: toll-app\nimage: x:1\nwaves:\n  - percent: 0\n";
+    let file = write(dir.path(), "zero.yaml", text);
+    let output = ctl(&["apply", "-f", &file, "--dry-run"], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("percent"), "{}", stderr(&output));
+
+    let file = write(dir.path(), "kind.yaml", "kind: Rolout\nname: up\n");
+    let output = ctl(&["apply", "-f", &file, "--dry-run"], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    let message = stderr(&output);
+    assert!(message.contains("kind.yaml:1:1"), "{message}");
+    assert!(message.contains("Rolout"), "{message}");
+
+    let both = format!("{DEPLOYMENT}---\n{text}").replace("percent: 0", "percent: 50");
+    let file = write(dir.path(), "both.yaml", &both);
+    let output = ctl(&["apply", "-f", &file, "--dry-run"], &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let printed = stdout(&output);
+    assert!(
+        printed.contains("tollway/v1/ops/deployments/plate-audit"),
+        "{printed}"
+    );
+    assert!(printed.contains("tollway/v1/ops/rollouts/up"), "{printed}");
+}

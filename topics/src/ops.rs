@@ -264,7 +264,8 @@ impl Message for Deployment {
 ///
 /// Keys: 0 name, 1 deployment, 2 image, 3 waves, 4 success_threshold_pct,
 /// 5 failure_threshold_pct, 6 rollback_on_pause, 7 prefetch_timeout_s,
-/// 8 wave_timeout_s, 9 pair_label, 10 control (0 run, 1 pause, 2 abort).
+/// 8 wave_timeout_s, 9 pair_label, 10 control (0 run, 1 pause, 2 abort),
+/// 11 resume, 12 settle_s.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rollout {
@@ -297,6 +298,21 @@ pub struct Rollout {
     pub pair_label: String,
     #[serde(default)]
     pub control: RolloutControl,
+    /// Raised by each `tollwayctl rollout resume`. A rollout that paused
+    /// itself on failures continues only when this exceeds the value it had
+    /// at the pause, because `control` stays `run` throughout.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub resume: u32,
+    /// How long a switched node must report the app running on the new
+    /// image, without a restart, before it counts as a success, in
+    /// seconds. It should exceed the daemons' reconcile interval, because a
+    /// daemon notices a crashed container only at its next pass.
+    #[serde(default = "default_settle")]
+    pub settle_s: u32,
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
 }
 
 /// One wave: nodes chosen by a selector, or a percentage of all targets.
@@ -328,6 +344,9 @@ fn default_prefetch_timeout() -> u32 {
 }
 fn default_wave_timeout() -> u32 {
     3600
+}
+fn default_settle() -> u32 {
+    15
 }
 fn default_pair_label() -> String {
     "gantry".to_string()
@@ -396,6 +415,10 @@ impl Message for Rollout {
             RolloutControl::Abort => 2,
         };
         map.unless_default(10, &control);
+        map.unless_default(11, &self.resume);
+        if self.settle_s != default_settle() {
+            map.field(12, &self.settle_s);
+        }
     }
 
     fn read_fields(map: &MapReader<'_>) -> Result<Self, DecodeError> {
@@ -440,6 +463,8 @@ impl Message for Rollout {
                 .optional(9, "pair_label")?
                 .unwrap_or_else(default_pair_label),
             control,
+            resume: map.or_default(11, "resume")?,
+            settle_s: map.optional(12, "settle_s")?.unwrap_or_else(default_settle),
         })
     }
 

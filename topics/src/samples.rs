@@ -141,6 +141,7 @@ pub fn heartbeat_status() -> NodeStatus {
         restarts: 0,
         reason: None,
         next_image_ready: false,
+        last_switch_ms: None,
     };
     NodeStatus {
         generation: 1042,
@@ -155,6 +156,15 @@ pub fn heartbeat_status() -> NodeStatus {
         rejected_reason: None,
         backpressure: false,
     }
+}
+
+/// Returns the status of a node that has just switched its toll app to a
+/// new image, 1.8 seconds out of service.
+pub fn switched_status() -> NodeStatus {
+    let mut status = heartbeat_status();
+    status.generation = 1043;
+    status.apps[0].last_switch_ms = Some(1_800);
+    status
 }
 
 /// Returns the status of a node in trouble: a failed app, a backlog and a
@@ -294,6 +304,16 @@ pub fn center_event() -> CenterEvent {
     }
 }
 
+/// Returns the event a rollout publishes when its failures pause it.
+pub fn rollout_paused_event() -> CenterEvent {
+    CenterEvent {
+        kind: EventKind::RolloutPaused,
+        subject: "toll-app-1-5".to_string(),
+        message: "rollout toll-app-1-5 paused in wave 1 of 3: 12 of 100 nodes failed, the failure threshold is 10%".to_string(),
+        time_ms: 1_796_362_000_000,
+    }
+}
+
 pub fn deployment() -> Deployment {
     Deployment {
         name: ObjectName::new("toll-app").expect("valid name"),
@@ -347,5 +367,17 @@ pub fn rollout() -> Rollout {
         wave_timeout_s: 3600,
         pair_label: "gantry".to_string(),
         control: RolloutControl::Run,
+        resume: 0,
+        settle_s: 15,
+    }
+}
+
+/// Returns the rollout after an operator resumed it twice with `tollwayctl
+/// rollout resume`, with a settle time longer than the default.
+pub fn rollout_resumed() -> Rollout {
+    Rollout {
+        resume: 2,
+        settle_s: 60,
+        ..rollout()
     }
 }

@@ -194,14 +194,16 @@ fn app_status() -> impl Strategy<Value = AppStatus> {
         any::<u32>(),
         option::of("[ -~]{0,60}"),
         any::<bool>(),
+        option::of(any::<u32>()),
     )
         .prop_map(
-            |(name, state, restarts, reason, next_image_ready)| AppStatus {
+            |(name, state, restarts, reason, next_image_ready, last_switch_ms)| AppStatus {
                 name,
                 state,
                 restarts,
                 reason,
                 next_image_ready,
+                last_switch_ms,
             },
         )
 }

@@ -114,6 +114,11 @@ fn troubled_status_vector() {
 }
 
 #[test]
+fn switched_status_vector() {
+    check_vector("node_status_switched", samples::switched_status());
+}
+
+#[test]
 fn presence_vectors() {
     check_vector("presence_online", samples::presence_online());
     check_vector("presence_offline", tollway_topics::Presence::offline());
@@ -145,6 +150,10 @@ fn forward_batch_vectors() {
 fn bridge_state_and_event_vectors() {
     check_vector("bridge_state", samples::bridge_state());
     check_vector("center_event", samples::center_event());
+    check_vector(
+        "center_event_rollout_paused",
+        samples::rollout_paused_event(),
+    );
 }
 
 #[test]
@@ -157,6 +166,7 @@ fn ops_object_vectors() {
     check_vector("deployment_per_node", samples::deployment());
     check_vector("deployment_replicas", samples::replicated_deployment());
     check_vector("rollout", samples::rollout());
+    check_vector("rollout_resumed", samples::rollout_resumed());
 }
 
 /// A vector written by a newer sender, with two keys this version does not

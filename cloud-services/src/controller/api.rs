@@ -5,6 +5,9 @@
 //! - `GET /v1/nodes/{node}`: one node, or 404.
 //! - `GET /v1/deployments`: every deployment, including rejected ones.
 //! - `GET /v1/apps`: per app, how many nodes should run it and in what state.
+//! - `GET /v1/rollouts`: every rollout with its progress
+//!   ([`RolloutView`](super::rollout::view::RolloutView)).
+//! - `GET /v1/rollouts/{name}`: one rollout, or 404.
 //!
 //! Writes go through MQTT (`tollwayctl apply` publishes the object), so the
 //! API has no write path and needs no authentication beyond binding to
@@ -29,6 +32,8 @@ pub fn router(snapshot: watch::Receiver<Arc<Snapshot>>) -> Router {
         .route("/v1/nodes/{node}", get(node))
         .route("/v1/deployments", get(deployments))
         .route("/v1/apps", get(apps))
+        .route("/v1/rollouts", get(rollouts))
+        .route("/v1/rollouts/{name}", get(rollout))
         .with_state(snapshot)
 }
 
@@ -59,4 +64,21 @@ async fn deployments(State(snapshot): Latest) -> Response {
 async fn apps(State(snapshot): Latest) -> Response {
     let snapshot = snapshot.borrow().clone();
     Json(&snapshot.apps).into_response()
+}
+
+async fn rollouts(State(snapshot): Latest) -> Response {
+    let snapshot = snapshot.borrow().clone();
+    Json(&snapshot.rollouts).into_response()
+}
+
+async fn rollout(State(snapshot): Latest, Path(name): Path<String>) -> Response {
+    let snapshot = snapshot.borrow().clone();
+    match snapshot.rollouts.iter().find(|rollout| rollout.name == name) {
+        Some(rollout) => Json(rollout).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": format!("rollout {name} not found; apply it with tollwayctl apply -f FILE") })),
+        )
+            .into_response(),
+    }
 }

@@ -1,6 +1,7 @@
 //! Intake of incoming messages: node presence and status into the
 //! inventory, hourly summaries into the records-per-hour count, deployment
-//! objects into the accepted set or the rejected list.
+//! objects into the accepted set or the rejected list. Rollout objects are
+//! handled in `rollout/intake.rs`.
 //!
 //! A malformed message is logged with the node or object it names and
 //! ignored (a rejected deployment also becomes an event); it never stops
@@ -40,6 +41,10 @@ impl Controller {
                 kind: OpsKind::Deployment,
                 name,
             } => self.handle_deployment(name, payload, now_ms),
+            Topic::Ops {
+                kind: OpsKind::Rollout,
+                name,
+            } => self.handle_rollout(name, payload, now_ms),
             _ => {}
         }
     }

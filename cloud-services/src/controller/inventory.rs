@@ -52,6 +52,12 @@ pub struct AppSummary {
     pub restarts: u32,
     pub reason: Option<String>,
     pub failed: bool,
+    /// True once the node has pulled the spec's next image.
+    #[serde(default)]
+    pub next_image_ready: bool,
+    /// The app's interruption at its last image switch, in milliseconds.
+    #[serde(default)]
+    pub last_switch_ms: Option<u32>,
 }
 
 impl NodeRecord {
@@ -89,6 +95,8 @@ impl NodeRecord {
                     restarts: app.restarts,
                     reason: app.reason.clone(),
                     failed: app.state == AppState::Failed,
+                    next_image_ready: app.next_image_ready,
+                    last_switch_ms: app.last_switch_ms,
                 })
                 .collect(),
             outbox_depth: status.outbox_depth,

@@ -6,7 +6,8 @@
 //! `state.rs` (the state and publish queues), `intake.rs` (incoming
 //! messages), `reconcile.rs` (placement to desired states and events),
 //! `view.rs` (API snapshot and province status), `api.rs` (HTTP),
-//! `throughput.rs` (records per hour from the nodes' summaries).
+//! `throughput.rs` (records per hour from the nodes' summaries),
+//! `rollout/` (staged upgrades of a deployment's image).
 
 pub mod api;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod intake;
 pub mod inventory;
 pub mod placement;
 pub mod reconcile;
+pub mod rollout;
 pub mod state;
 pub mod store;
 pub mod throughput;
@@ -43,8 +45,11 @@ const RECONCILE_DEBOUNCE: Duration = Duration::from_millis(200);
 /// off nodes whose grace period ran out.
 const RECONCILE_PERIOD: Duration = Duration::from_secs(5);
 /// Delay after a connect before the controller subscribes to the retained
-/// deployment and presence topics a second time; see `run_loop`.
+/// operators' objects and presence topics a second time; see `run_loop`.
 const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(2);
+/// How often the controller reconciles while a rollout is in progress, so
+/// that waves move on soon after nodes report.
+const ROLLOUT_STEP_PERIOD: Duration = Duration::from_secs(1);
 /// Minimum time between API snapshots.
 const SNAPSHOT_PERIOD: Duration = Duration::from_millis(500);
 
@@ -80,6 +85,7 @@ pub async fn start(config: ControllerConfig, shutdown: &mut Shutdown) -> Result<
         province = %province,
         nodes = loaded.nodes.len(),
         deployments = loaded.deployments.len(),
+        rollouts = loaded.rollouts.len(),
         "controller store loaded"
     );
     let controller = Controller::new(
@@ -115,6 +121,7 @@ pub async fn start(config: ControllerConfig, shutdown: &mut Shutdown) -> Result<
         node_filter(province, NodeKind::Status),
         node_filter(province, NodeKind::Summary),
         ops_filter(OpsKind::Deployment),
+        ops_filter(OpsKind::Rollout),
     ];
     let (events_tx, events_rx) = mpsc::channel(LINK_CHANNEL);
     shutdown.spawn(
@@ -160,6 +167,7 @@ async fn run_loop(
     let status_topic = Topic::center(controller.province, CenterKind::Status).to_string();
     let retained_filters = [
         ops_filter(OpsKind::Deployment),
+        ops_filter(OpsKind::Rollout),
         node_filter(controller.province, NodeKind::Presence),
     ];
     let mut resubscribe_at: Option<tokio::time::Instant> = None;
@@ -197,7 +205,9 @@ async fn run_loop(
                         }
                     }
                 }
-                if controller.dirty || last_reconcile.elapsed() >= RECONCILE_PERIOD {
+                let since = last_reconcile.elapsed();
+                let rollout_due = since >= ROLLOUT_STEP_PERIOD && controller.rollouts_active();
+                if controller.dirty || rollout_due || since >= RECONCILE_PERIOD {
                     controller.reconcile(now_ms());
                     last_reconcile = tokio::time::Instant::now();
                 }

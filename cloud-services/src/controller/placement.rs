@@ -195,7 +195,7 @@ fn spread_name(spread_by: SpreadBy) -> &'static str {
 /// Returns a stable pseudo-random rank of a node for one deployment
 /// (64-bit FNV-1a). Deployments with equal loads then do not all pick the
 /// same first nodes, and the choice does not change between program versions.
-fn rank(name: &ObjectName, node: &NodeId) -> u64 {
+pub(super) fn rank(name: &ObjectName, node: &NodeId) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in name
         .as_str()

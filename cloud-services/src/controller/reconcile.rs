@@ -1,5 +1,5 @@
-//! The reconcile step: placement, then each node's desired state, then
-//! events for problems that are new or changed.
+//! The reconcile step: placement, events for problems that are new or
+//! changed, a step of every rollout, then each node's desired state.
 //!
 //! A node's generation is raised only when its list of apps changes, and
 //! the new state is stored (synced) before it is queued for publishing.
@@ -10,6 +10,7 @@ use tollway_topics::limits::MAX_APPS_PER_NODE;
 use tollway_topics::{AppSpec, DesiredState, EventKind, Message, NodeId, ObjectName};
 
 use super::placement::{Clock, Problem, place};
+use super::rollout::RolloutRecord;
 use super::state::Controller;
 
 impl Controller {
@@ -45,6 +46,7 @@ impl Controller {
         }
         self.placement = placement;
         self.report_problems(now_ms);
+        self.step_rollouts(now_ms);
         self.update_desired_states();
         self.dirty = false;
     }
@@ -101,18 +103,26 @@ impl Controller {
         self.view_stale = true;
     }
 
-    /// Returns the apps each node runs under the current placement, sorted
-    /// by app name and cut at the per-node limit.
+    /// Returns the apps each node runs under the current placement and
+    /// rollouts, sorted by app name and cut at the per-node limit.
     fn apps_by_node(&self) -> BTreeMap<NodeId, Vec<AppSpec>> {
+        let rollouts: BTreeMap<&ObjectName, &RolloutRecord> = self
+            .rollouts
+            .values()
+            .map(|record| (&record.spec.deployment, record))
+            .collect();
         let mut apps: BTreeMap<NodeId, Vec<AppSpec>> = BTreeMap::new();
         for (name, nodes) in &self.placement.assignments {
             let Some(deployment) = self.deployments.get(name) else {
                 continue;
             };
+            let rollout = rollouts.get(name);
             for node in nodes {
-                apps.entry(node.clone())
-                    .or_default()
-                    .push(deployment.app.clone());
+                let spec = match rollout {
+                    Some(rollout) => rollout.spec_for(node.as_str(), &deployment.app),
+                    None => deployment.app.clone(),
+                };
+                apps.entry(node.clone()).or_default().push(spec);
             }
         }
         for (node, list) in &mut apps {

@@ -15,6 +15,7 @@ use tollway_topics::{
 
 use super::inventory::NodeRecord;
 use super::placement::Placement;
+use super::rollout::RolloutRecord;
 use super::store::{Loaded, Store};
 
 /// Maximum events waiting to be published. Beyond it the oldest is dropped
@@ -38,6 +39,10 @@ pub struct Controller {
     pub(super) placement: Placement,
     /// Each node's last published desired state.
     pub(super) desired: BTreeMap<NodeId, DesiredState>,
+    /// Accepted rollouts and their progress.
+    pub(super) rollouts: BTreeMap<ObjectName, RolloutRecord>,
+    /// Rollout objects rejected at intake, with the reason.
+    pub(super) rejected_rollouts: BTreeMap<ObjectName, String>,
 
     /// Desired states stored but not yet handed to the client, at most one
     /// per node (a newer one replaces an older one).
@@ -81,6 +86,8 @@ impl Controller {
             rejected: BTreeMap::new(),
             placement,
             desired: loaded.desired,
+            rollouts: loaded.rollouts,
+            rejected_rollouts: BTreeMap::new(),
             pending_desired: BTreeMap::new(),
             pending_events: VecDeque::new(),
             reported: BTreeMap::new(),

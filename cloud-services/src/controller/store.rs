@@ -10,6 +10,8 @@
 //! - `desired`: the node's last published `DesiredState` CBOR, whose
 //!   generation is the floor for the next one. Written with sync before it
 //!   is published, so a generation is never reused after a crash.
+//! - `rollouts`: the rollout object and its progress as JSON
+//!   ([`RolloutRecord`]), written after every step that changes it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -18,11 +20,13 @@ use rocksdb::{ColumnFamilyDescriptor, DB, Options, WriteBatch, WriteOptions};
 use tollway_topics::{Deployment, DesiredState, Message, NodeId, ObjectName};
 
 use super::inventory::NodeRecord;
+use super::rollout::RolloutRecord;
 
 const NODES: &str = "nodes";
 const DEPLOYMENTS: &str = "deployments";
 const PLACEMENT: &str = "placement";
 const DESIRED: &str = "desired";
+const ROLLOUTS: &str = "rollouts";
 
 /// A store operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +63,7 @@ pub struct Loaded {
     pub deployments: BTreeMap<ObjectName, Deployment>,
     pub placement: BTreeMap<ObjectName, BTreeSet<NodeId>>,
     pub desired: BTreeMap<NodeId, DesiredState>,
+    pub rollouts: BTreeMap<ObjectName, RolloutRecord>,
 }
 
 /// The open store.
@@ -72,7 +77,7 @@ impl Store {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
-        let families = [NODES, DEPLOYMENTS, PLACEMENT, DESIRED]
+        let families = [NODES, DEPLOYMENTS, PLACEMENT, DESIRED, ROLLOUTS]
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&options, path, families).map_err(|source| {
             StoreError::Open {
@@ -113,6 +118,12 @@ impl Store {
             let desired =
                 DesiredState::from_cbor(&value).map_err(|err| corrupt(DESIRED, &key, err))?;
             loaded.desired.insert(node, desired);
+        }
+        for (key, value) in self.entries(ROLLOUTS)? {
+            let name = name_key(ROLLOUTS, &key)?;
+            let record =
+                serde_json::from_slice(&value).map_err(|err| corrupt(ROLLOUTS, &key, err))?;
+            loaded.rollouts.insert(name, record);
         }
         Ok(loaded)
     }
@@ -167,6 +178,20 @@ impl Store {
         self.db
             .write_opt(batch, &options)
             .map_err(rocks("desired state write"))
+    }
+
+    /// Stores a rollout and its progress.
+    pub fn put_rollout(&self, name: &ObjectName, record: &RolloutRecord) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(record).expect("a rollout record serialises to JSON");
+        self.db
+            .put_cf(self.family(ROLLOUTS), name.as_str(), value)
+            .map_err(rocks("rollout write"))
+    }
+
+    pub fn delete_rollout(&self, name: &ObjectName) -> Result<(), StoreError> {
+        self.db
+            .delete_cf(self.family(ROLLOUTS), name.as_str())
+            .map_err(rocks("rollout delete"))
     }
 
     fn family(&self, name: &str) -> &rocksdb::ColumnFamily {

@@ -8,6 +8,7 @@ use tollway_topics::{PlacementMode, ProvinceStatus};
 
 use super::inventory::StatusSummary;
 use super::placement::Problem;
+use super::rollout::view::RolloutView;
 use super::state::Controller;
 
 /// Everything the API serves, rebuilt when the state changes.
@@ -17,6 +18,7 @@ pub struct Snapshot {
     pub nodes: Vec<NodeView>,
     pub deployments: Vec<DeploymentView>,
     pub apps: Vec<AppView>,
+    pub rollouts: Vec<RolloutView>,
 }
 
 /// One node, as `get nodes` and `describe node` show it.
@@ -104,6 +106,7 @@ impl Controller {
             nodes,
             deployments: self.deployment_views(),
             apps: self.app_views(),
+            rollouts: self.rollout_views(),
         }
     }
 

@@ -8,6 +8,7 @@
 //! does not stop the pass; only a failure to list containers does.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use tokio::time::Instant;
 use tollway_topics::{AppSpec, AppState, AppStatus, DesiredState, NodeId, RestartPolicy};
@@ -34,12 +35,17 @@ pub struct Reconciler {
     client: PodmanClient,
     puller: Puller,
     restarts: Restarts,
+    /// Each app's interruption at its last switch from a running container
+    /// to the container of a new spec, reported as `last_switch_ms`.
+    // NOTE: kept in memory only, so a daemon restart forgets it.
+    last_switch: HashMap<String, u32>,
 }
 
 impl Reconciler {
     pub fn new(node: NodeId, config: AppsConfig, client: PodmanClient, puller: Puller) -> Self {
         Reconciler {
             restarts: Restarts::new(config.restart_backoff),
+            last_switch: HashMap::new(),
             node,
             config,
             client,
@@ -72,6 +78,7 @@ impl Reconciler {
                 .converge_app(spec, existing, &mut outcome.wake_at)
                 .await;
             status.next_image_ready = self.next_image_ready(spec).await;
+            status.last_switch_ms = self.last_switch.get(spec.name.as_str()).copied();
             outcome.apps.push(status);
         }
 
@@ -86,6 +93,8 @@ impl Reconciler {
         let desired_apps: HashSet<&str> =
             desired.apps.iter().map(|app| app.name.as_str()).collect();
         self.restarts.retain(|app| desired_apps.contains(app));
+        self.last_switch
+            .retain(|app, _| desired_apps.contains(app.as_str()));
         let images: HashSet<&str> = desired
             .apps
             .iter()
@@ -158,18 +167,28 @@ impl Reconciler {
             }
         };
 
+        // The interruption runs from the first stop request to the return of
+        // the start call, which Podman sends once the container is running.
+        let mut interruption_start: Option<Instant> = None;
         for old in stale.iter().filter(|old| old.state == RunState::Running) {
+            interruption_start.get_or_insert_with(Instant::now);
             if let Err(err) = self.client.stop(&old.id, self.config.stop_timeout_s).await {
                 tracing::warn!(node = %self.node, app, container = old.name, error = %err, "cannot stop the old container; starting the new one anyway");
             }
         }
         let started = self.client.start(&id).await;
+        let interruption = interruption_start.map(|at| at.elapsed());
         for old in stale {
             self.remove(old).await;
         }
 
         match started {
             Ok(()) => {
+                if let Some(interruption) = interruption {
+                    let switch_ms = millis_u32(interruption);
+                    self.last_switch.insert(app.to_string(), switch_ms);
+                    tracing::info!(node = %self.node, app, image = spec.image, spec_hash = hash, switch_ms, "app switched to a new container");
+                }
                 tracing::info!(node = %self.node, app, image = spec.image, spec_hash = hash, replaced = stale.len(), "app started");
                 status_with(app, AppState::Running, None)
             }
@@ -321,7 +340,14 @@ fn status_with(app: &str, state: AppState, reason: Option<String>) -> AppStatus 
         restarts: 0,
         reason,
         next_image_ready: false,
+        last_switch_ms: None,
     }
+}
+
+/// Converts a duration to whole milliseconds, saturating at `u32::MAX`
+/// (about 49 days).
+fn millis_u32(duration: Duration) -> u32 {
+    u32::try_from(duration.as_millis()).unwrap_or(u32::MAX)
 }
 
 fn failed(app: &str, reason: String) -> AppStatus {

@@ -192,7 +192,7 @@ impl Message for CenterEvent {
 
 crate::messages::record::code_enum! {
     /// The kind of a centre event.
-    EventKind, expected "1 (object rejected) to 5 (placement shortfall)" {
+    EventKind, expected "1 (object rejected) to 10 (rollout completed)" {
         #[default]
         ObjectRejected = 1,
         HourIncomplete = 2,
@@ -201,5 +201,16 @@ crate::messages::record::code_enum! {
         /// A deployment runs fewer instances than it asks for, because too
         /// few nodes or spread domains match.
         PlacementShortfall = 5,
+        /// A rollout wave started prefetching.
+        RolloutWaveStarted = 6,
+        /// A rollout wave reached its success threshold.
+        RolloutWaveFinished = 7,
+        /// A rollout paused, by an operator or because a wave's failures
+        /// reached the failure threshold.
+        RolloutPaused = 8,
+        /// An operator aborted a rollout.
+        RolloutAborted = 9,
+        /// Every wave of a rollout finished.
+        RolloutCompleted = 10,
     }
 }

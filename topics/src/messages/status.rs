@@ -79,7 +79,8 @@ impl Message for NodeStatus {
 
 /// One app's state on a node.
 ///
-/// Keys: 0 name, 1 state, 2 restarts, 3 reason, 4 next_image_ready.
+/// Keys: 0 name, 1 state, 2 restarts, 3 reason, 4 next_image_ready,
+/// 5 last_switch_ms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppStatus {
     pub name: String,
@@ -90,6 +91,10 @@ pub struct AppStatus {
     pub reason: Option<String>,
     /// True once the spec's next image has been pulled.
     pub next_image_ready: bool,
+    /// How long the app was out of service at its last image change, in
+    /// milliseconds: from the old container's stop request to the new
+    /// container running. Absent until the node has switched the app once.
+    pub last_switch_ms: Option<u32>,
 }
 
 impl Message for AppStatus {
@@ -102,6 +107,7 @@ impl Message for AppStatus {
         map.unless_default(2, &self.restarts);
         map.optional(3, &self.reason);
         map.unless_default(4, &self.next_image_ready);
+        map.optional(5, &self.last_switch_ms);
     }
 
     fn read_fields(map: &MapReader<'_>) -> Result<Self, DecodeError> {
@@ -117,6 +123,7 @@ impl Message for AppStatus {
             restarts: map.or_default(2, "restarts")?,
             reason: map.optional(3, "reason")?,
             next_image_ready: map.or_default(4, "next_image_ready")?,
+            last_switch_ms: map.optional(5, "last_switch_ms")?,
         })
     }
 
