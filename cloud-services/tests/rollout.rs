@@ -290,8 +290,46 @@ async fn thousand_nodes_pause_on_failures() {
         failed.len() >= 10 && failed.is_subset(&failing),
         "failures {failed:?} are not among the failing nodes"
     );
-    let rolled_back = paused["wave_counts"]["rolled-back"].as_u64().unwrap_or(0);
-    assert!(rolled_back >= 10, "rolled back: {}", summary(&paused));
+    // The wave goes back to the previous image under the pair rule: never
+    // two nodes of one gantry going back at once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let rolled_back = loop {
+        let view = province.ctl.rollout_status("toll-app-1-1").unwrap();
+        let mut going_back: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        let mut unfinished = 0;
+        let mut rolled_back = 0;
+        for node in view["nodes"].as_array().unwrap() {
+            let id = node["node"].as_str().unwrap();
+            match node["phase"].as_str().unwrap() {
+                "rolling-back" => {
+                    unfinished += 1;
+                    going_back
+                        .entry(labels[id]["gantry"].as_str())
+                        .or_default()
+                        .push(id);
+                }
+                "rollback-pending" => unfinished += 1,
+                "rolled-back" => rolled_back += 1,
+                _ => {}
+            }
+        }
+        for (gantry, nodes) in &going_back {
+            assert!(
+                nodes.len() < 2,
+                "gantry {gantry}: {nodes:?} go back at once"
+            );
+        }
+        if unfinished == 0 {
+            break rolled_back;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rollback not finished: {}",
+            summary(&view)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(rolled_back >= 10, "rolled back: {rolled_back}");
 
     // The pause holds: no second wave, and the rollout status names it.
     tokio::time::sleep(Duration::from_secs(3)).await;

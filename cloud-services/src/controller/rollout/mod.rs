@@ -120,7 +120,14 @@ pub enum NodePhase {
     Succeeded,
     /// Failed, stopped or restarted on the new image.
     Failed,
-    /// Put back on the previous image after the rollout paused on failures.
+    /// To go back to the previous image after the rollout paused on
+    /// failures, once no node with the same pair label value is going back.
+    /// Desired state still names the new image.
+    RollbackPending,
+    /// Desired state names the previous image again; the node does not yet
+    /// report it running.
+    RollingBack,
+    /// Back on the previous image (or offline with it as its desired state).
     RolledBack,
 }
 
@@ -155,11 +162,16 @@ impl RolloutRecord {
                     spec.next_image = Some(image.clone());
                 }
             }
-            Some(NodePhase::Switching | NodePhase::Succeeded | NodePhase::Failed) => {
+            Some(
+                NodePhase::Switching
+                | NodePhase::Succeeded
+                | NodePhase::Failed
+                | NodePhase::RollbackPending,
+            ) => {
                 spec.image = image.clone();
                 spec.next_image = None;
             }
-            Some(NodePhase::RolledBack) => {}
+            Some(NodePhase::RollingBack | NodePhase::RolledBack) => {}
             None => {
                 if progress.state == RolloutState::Completed {
                     spec.image = image.clone();
@@ -171,17 +183,30 @@ impl RolloutRecord {
     }
 
     /// Reports whether the controller has to step this rollout often: it
-    /// is running, or complete with nodes that have not switched yet.
+    /// is running, complete with nodes that have not switched yet, or
+    /// paused with nodes still going back to the previous image.
     pub fn needs_steps(&self) -> bool {
         match self.progress.state {
             RolloutState::Running | RolloutState::Blocked => true,
+            RolloutState::Paused => self.rolling_back(),
             RolloutState::Completed => self
                 .progress
                 .nodes
                 .values()
                 .any(|node| matches!(node.phase, NodePhase::Prefetching | NodePhase::Switching)),
-            RolloutState::Paused | RolloutState::Aborted => false,
+            RolloutState::Aborted => false,
         }
+    }
+
+    /// Reports whether nodes are still on their way back to the previous
+    /// image.
+    pub fn rolling_back(&self) -> bool {
+        self.progress.nodes.values().any(|node| {
+            matches!(
+                node.phase,
+                NodePhase::RollbackPending | NodePhase::RollingBack
+            )
+        })
     }
 }
 

@@ -73,7 +73,13 @@ pub fn step(
     let mut events = Vec::new();
     apply_control(name, record, now_ms, &mut events);
     let state = record.progress.state;
-    if matches!(state, RolloutState::Paused | RolloutState::Aborted) {
+    if state == RolloutState::Paused {
+        if let Some(deployment) = inputs.deployments.get(&record.spec.deployment) {
+            roll_back_eligible(record, inputs, deployment.app.name.as_str());
+        }
+        return events;
+    }
+    if state == RolloutState::Aborted {
         return events;
     }
 
@@ -210,11 +216,12 @@ fn repeat_wave(progress: &mut Progress, now_ms: u64) {
     }
     for node in progress.nodes.values_mut().filter(|node| node.wave == wave) {
         match node.phase {
-            NodePhase::RolledBack => {
+            NodePhase::RolledBack | NodePhase::RollingBack => {
                 node.phase = NodePhase::Prefetching;
                 node.switched_ms = None;
             }
-            NodePhase::Failed => {
+            // Still on the new image: watched again like a failed node.
+            NodePhase::Failed | NodePhase::RollbackPending => {
                 node.phase = NodePhase::Switching;
                 node.switched_ms = Some(now_ms);
             }
@@ -430,6 +437,63 @@ fn switch_eligible(record: &mut RolloutRecord, inputs: &Inputs<'_>, last: usize,
     }
 }
 
+/// Moves a paused rollout's nodes back to the previous image under the
+/// pair rule: a node goes back only while no node with the same pair label
+/// value is going back, and it is back once it reports the app running the
+/// previous image. Failed nodes go first, since they serve nothing on the
+/// new image; their partners keep serving until then. An offline node goes
+/// back at once: its desired state names the previous image when it
+/// returns.
+///
+/// NOTE: as in `switch_eligible`, an offline node that returns while its
+/// partner is going back goes back at the same time.
+fn roll_back_eligible(record: &mut RolloutRecord, inputs: &Inputs<'_>, app: &str) {
+    let pair_label = record.spec.pair_label.clone();
+    let pair_of = |node: &str| -> Option<String> {
+        let id = NodeId::new(node).ok()?;
+        inputs.nodes.get(&id)?.labels.get(&pair_label).cloned()
+    };
+    let online = |node: &str| is_online(inputs, node);
+    let previous = record.progress.from_image.clone();
+
+    let nodes = &mut record.progress.nodes;
+    for (node, progress) in nodes.iter_mut() {
+        if progress.phase != NodePhase::RollingBack {
+            continue;
+        }
+        let back = applied_app(inputs, node, app, |spec| {
+            Some(&spec.image) == previous.as_ref()
+        })
+        .is_some_and(|status| status.state == "running");
+        if back || !online(node) {
+            progress.phase = NodePhase::RolledBack;
+        }
+    }
+
+    let mut busy: HashSet<String> = nodes
+        .iter()
+        .filter(|(_, progress)| progress.phase == NodePhase::RollingBack)
+        .filter_map(|(node, _)| pair_of(node))
+        .collect();
+    let mut pending: Vec<(&String, bool)> = nodes
+        .iter()
+        .filter(|(_, progress)| progress.phase == NodePhase::RollbackPending)
+        .map(|(node, progress)| (node, progress.reason.is_none()))
+        .collect();
+    // Failed nodes (with a reason) first.
+    pending.sort_by_key(|(_, healthy)| *healthy);
+    let starting: Vec<String> = pending
+        .into_iter()
+        .filter(|(node, _)| !online(node) || pair_of(node).is_none_or(|pair| busy.insert(pair)))
+        .map(|(node, _)| node.clone())
+        .collect();
+    for node in starting {
+        if let Some(progress) = nodes.get_mut(&node) {
+            progress.phase = NodePhase::RollingBack;
+        }
+    }
+}
+
 /// Moves switching nodes to success or failure by what their status
 /// reports, and marks nodes of the current wave that fail after success.
 fn evaluate_outcomes(record: &mut RolloutRecord, inputs: &Inputs<'_>, app: &str, now_ms: u64) {
@@ -545,7 +609,7 @@ fn wave_counts(
             NodePhase::Prefetching | NodePhase::Switching => {
                 counts.offline += usize::from(!is_online(inputs, node));
             }
-            NodePhase::RolledBack => {}
+            NodePhase::RollbackPending | NodePhase::RollingBack | NodePhase::RolledBack => {}
         }
     }
     let elapsed_ms = now_ms.saturating_sub(progress.waves[wave].started_ms);
@@ -578,16 +642,16 @@ fn pause_on_failures(
     progress.failure_pause_resume = Some(record.spec.resume);
     let mut rolled_back = 0;
     if record.spec.rollback_on_pause {
-        // NOTE: a rollback switches the whole wave at once, without the
-        // pair rule, because the new image is failing on it.
+        // The nodes go back under the pair rule, failed ones first, in the
+        // paused steps that follow (`roll_back_eligible`).
         for node in progress.nodes.values_mut().filter(|node| node.wave == wave) {
             if matches!(
                 node.phase,
                 NodePhase::Switching | NodePhase::Succeeded | NodePhase::Failed
             ) {
                 // A failed node keeps its failure as the reason; the others
-                // show up in the rolled-back count.
-                node.phase = NodePhase::RolledBack;
+                // show up in the rollback counts.
+                node.phase = NodePhase::RollbackPending;
                 node.running_since_ms = None;
                 rolled_back += 1;
             }

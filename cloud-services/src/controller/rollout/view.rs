@@ -48,7 +48,8 @@ pub struct NodeOutcome {
     pub node: String,
     /// 1-based wave number.
     pub wave: usize,
-    /// `prefetching`, `switching`, `succeeded`, `failed` or `rolled-back`.
+    /// `prefetching`, `switching`, `succeeded`, `failed`, `rollback-pending`,
+    /// `rolling-back` or `rolled-back`.
     pub phase: String,
     pub online: bool,
     pub reason: Option<String>,
@@ -208,6 +209,8 @@ fn phase_name(phase: NodePhase) -> &'static str {
         NodePhase::Switching => "switching",
         NodePhase::Succeeded => "succeeded",
         NodePhase::Failed => "failed",
+        NodePhase::RollbackPending => "rollback-pending",
+        NodePhase::RollingBack => "rolling-back",
         NodePhase::RolledBack => "rolled-back",
     }
 }
