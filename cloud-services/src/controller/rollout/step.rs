@@ -397,6 +397,14 @@ fn is_online(inputs: &Inputs<'_>, node: &str) -> bool {
 
 /// Switches prefetching nodes of waves up to `last` that are online, unless
 /// a node with the same pair label value is switching.
+///
+/// A node that went offline while switching may finish its switch the
+/// moment it reconnects, so it holds its partner back for `wave_timeout_s`
+/// after its switch began. After that the partner switches, so that one
+/// lost node cannot hold a gantry on the old image for good.
+///
+/// NOTE: a node offline longer than that which reconnects while its
+/// partner switches switches at the same time.
 fn switch_eligible(record: &mut RolloutRecord, inputs: &Inputs<'_>, last: usize, now_ms: u64) {
     let pair_label = record.spec.pair_label.as_str();
     let pair_of = |node: &str| -> Option<String> {
@@ -404,14 +412,18 @@ fn switch_eligible(record: &mut RolloutRecord, inputs: &Inputs<'_>, last: usize,
         inputs.nodes.get(&id)?.labels.get(pair_label).cloned()
     };
     let online = |node: &str| is_online(inputs, node);
-    // NOTE: a node that went offline while switching does not hold back its
-    // pair partner. If it reconnects while the partner switches, both
-    // switch at once.
+    let hold_ms = u64::from(record.spec.wave_timeout_s) * 1000;
     let mut busy: HashSet<String> = record
         .progress
         .nodes
         .iter()
-        .filter(|(node, progress)| progress.phase == NodePhase::Switching && online(node))
+        .filter(|(node, progress)| {
+            progress.phase == NodePhase::Switching
+                && (online(node)
+                    || progress
+                        .switched_ms
+                        .is_some_and(|at| now_ms.saturating_sub(at) < hold_ms))
+        })
         .filter_map(|(node, _)| pair_of(node))
         .collect();
 
