@@ -8,26 +8,15 @@
 mod apps_support;
 mod node;
 
-use std::io::Write;
 use std::time::Duration;
 
 use tollway_testkit::{BrokerFiles, podman};
 use tollway_topics::{AppState, DesiredState, Message};
 
 use apps_support::{toll_app, unique_node};
-use node::{Centre, Node, NodeOptions};
+use node::{Centre, Containers, Node, NodeOptions};
 
 const PATIENCE: Duration = Duration::from_secs(90);
-
-/// Removes the node's containers when the test ends, passed or failed: the
-/// daemon leaves its apps running when it stops, as it should on a node.
-struct Containers(String);
-
-impl Drop for Containers {
-    fn drop(&mut self) {
-        podman::remove_labelled("io.tollway.node", &self.0);
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn desired_state_runs_app_end_to_end() {
@@ -39,17 +28,7 @@ async fn desired_state_runs_app_end_to_end() {
     let _containers = Containers(id.clone());
 
     let mut node = Node::new(&files, &id, NodeOptions::default());
-    let mut config = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&node.config)
-        .unwrap();
-    write!(
-        config,
-        "\n[apps]\npodman_socket = \"{}\"\nreconcile_interval_s = 1\nstop_timeout_s = 1\n",
-        podman::socket().display()
-    )
-    .unwrap();
-    drop(config);
+    node.enable_apps();
     node.start();
 
     // The toll app on the host network hands records to this node's intake.

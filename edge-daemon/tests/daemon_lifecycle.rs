@@ -12,7 +12,6 @@
 mod apps_support;
 mod node;
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use tollway_testkit::{BrokerFiles, podman};
@@ -20,18 +19,9 @@ use tollway_topics::wire::MapWriter;
 use tollway_topics::{AppState, DesiredState, Message, NodeStatus};
 
 use apps_support::{toll_app, unique_node};
-use node::{Centre, Node, NodeOptions};
+use node::{Centre, Containers, Node, NodeOptions};
 
 const PATIENCE: Duration = Duration::from_secs(90);
-
-/// Removes the node's containers when the test ends, passed or failed.
-struct Containers(String);
-
-impl Drop for Containers {
-    fn drop(&mut self) {
-        podman::remove_labelled("io.tollway.node", &self.0);
-    }
-}
 
 /// The node's one running toll-app container: its id and image.
 fn running_app(node: &str) -> Option<(String, String)> {
@@ -93,17 +83,7 @@ async fn app_lifecycle_through_the_daemon() {
     let _containers = Containers(id.clone());
 
     let mut node = Node::new(&files, &id, NodeOptions::default());
-    let mut config = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&node.config)
-        .unwrap();
-    write!(
-        config,
-        "\n[apps]\npodman_socket = \"{}\"\nreconcile_interval_s = 1\nstop_timeout_s = 1\n",
-        podman::socket().display()
-    )
-    .unwrap();
-    drop(config);
+    node.enable_apps();
     node.start();
 
     // Deploy 1.0.0 with 1.1.0 as the next image: it runs the old image and

@@ -44,11 +44,8 @@ fn edge_node(files: &BrokerFiles, id: &str, gantry: &str, section: &str) -> Node
             "labels = {{ gantry = \"{gantry}\", section = \"{section}\", role = \"gantry\" }}"
         ),
     );
-    let text = format!(
-        "{text}\n[apps]\npodman_socket = \"{}\"\nreconcile_interval_s = 1\nstop_timeout_s = 1\n",
-        podman::socket().display()
-    );
     std::fs::write(&node.config, text).unwrap();
+    node.enable_apps();
     node.start();
     node
 }

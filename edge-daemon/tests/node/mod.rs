@@ -63,6 +63,16 @@ impl Default for NodeOptions {
     }
 }
 
+/// Removes a node's containers when dropped, passed or failed: the daemon
+/// leaves its apps running when it stops, as it should on a node.
+pub struct Containers(pub String);
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        tollway_testkit::podman::remove_labelled("io.tollway.node", &self.0);
+    }
+}
+
 /// One edge daemon: its directory, configuration and process.
 pub struct Node {
     pub id: String,
@@ -151,6 +161,17 @@ interval_s = 1
     }
 
     /// Starts the daemon and waits until its intake accepts connections.
+    /// Adds an `[apps]` section on the test Podman socket with fast
+    /// reconcile and stop timings. Call before [`Node::start`].
+    pub fn enable_apps(&self) {
+        let mut text = std::fs::read_to_string(&self.config).unwrap();
+        text.push_str(&format!(
+            "\n[apps]\npodman_socket = \"{}\"\nreconcile_interval_s = 1\nstop_timeout_s = 1\n",
+            tollway_testkit::podman::socket().display()
+        ));
+        std::fs::write(&self.config, text).unwrap();
+    }
+
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "node {} is already running", self.id);
         let log = std::fs::OpenOptions::new()
