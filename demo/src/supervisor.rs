@@ -127,13 +127,6 @@ impl Supervisor {
         Ok(running.launch)
     }
 
-    /// Stops `name` with SIGTERM, then SIGKILL after [`STOP_DEADLINE`].
-    pub fn stop(&mut self, name: &str) -> Result<Launch, ProcessError> {
-        let mut running = self.take(name)?;
-        stop_child(name, &mut running.child);
-        Ok(running.launch)
-    }
-
     /// Stops every process in reverse start order, so daemons stop before
     /// the brokers they are connected to.
     pub fn stop_all(&mut self) {

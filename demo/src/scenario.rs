@@ -1,0 +1,533 @@
+//! The demo's stages, in order: deploy the toll app, show the fleet, switch
+//! the app to a new version, cut one province's national link and crash a
+//! daemon meanwhile, restore the link, stop the apps and wait until every
+//! record is home. Each wait is bounded and names what it waited for.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tollway_loadtest::proxy::CutMode;
+
+use crate::cluster::{Cluster, StartError};
+use crate::configs::{NodeFiles, ProvinceFiles};
+use crate::counts::{self, AppCounts};
+use crate::ctl::{Ctl, CtlError};
+use crate::http::{HttpError, get_json, stat};
+use crate::locale::text;
+use crate::plan::CUT_PROVINCE;
+use crate::report::{Events, NationalReport, NodeReport, ProvinceReport, Report};
+use crate::supervisor::ProcessError;
+
+/// The toll app version deployed first.
+pub const FIRST_VERSION: &str = "1.0.0";
+/// The version the rollout switches to.
+pub const NEXT_VERSION: &str = "1.1.0";
+
+/// How long the apps get to start on every node after an apply.
+const APP_START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the apps get to stop and write their final counts.
+const APP_STOP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the demo waits for every record to reach the national store.
+const HOME_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long the killed daemon stays down.
+const CRASH_DOWNTIME: Duration = Duration::from_secs(3);
+
+/// Set by SIGINT or SIGTERM; every wait checks it.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// A stage that could not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error(transparent)]
+    Ctl(#[from] CtlError),
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error("timed out after {timeout:?} waiting for {what}; last seen: {last}")]
+    Timeout {
+        what: String,
+        timeout: Duration,
+        last: String,
+    },
+    #[error("interrupted by a signal")]
+    Interrupted,
+}
+
+/// How long each part of the run takes, from `--duration`.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub steady_before_rollout: Duration,
+    pub steady_after_rollout: Duration,
+    pub cut: Duration,
+    pub steady_after_cut: Duration,
+}
+
+impl Timing {
+    /// Splits `duration` into 20 % traffic before the rollout, 10 % after
+    /// it, 40 % with the link cut and 30 % after the link is back. Waits
+    /// for apps to start and for records to come home come on top.
+    pub fn from_duration(duration: Duration) -> Self {
+        Timing {
+            steady_before_rollout: duration.mul_f64(0.2),
+            steady_after_rollout: duration.mul_f64(0.1),
+            cut: duration.mul_f64(0.4),
+            steady_after_cut: duration.mul_f64(0.3),
+        }
+    }
+}
+
+/// Runs every stage against a started cluster and returns the report.
+pub fn run(
+    cluster: &mut Cluster,
+    ctl: &Ctl,
+    run_dir: &Path,
+    timing: Timing,
+) -> Result<Report, StageError> {
+    let started_ms = now_ms();
+    let mut events = Events {
+        rollout_from: FIRST_VERSION.to_string(),
+        rollout_to: NEXT_VERSION.to_string(),
+        cut_province: CUT_PROVINCE,
+        cut_seconds: timing.cut.as_secs(),
+        ..Events::default()
+    };
+
+    step(text(
+        "Deploying the toll app 1.0.0 with tollwayctl apply",
+        "使用 tollwayctl apply 部署收费应用 1.0.0",
+    ));
+    for province in &cluster.provinces {
+        let file = ctl.apply_toll_app(province, FIRST_VERSION, run_dir)?;
+        println!("  tollwayctl apply -f {}", file.display());
+    }
+    wait_apps_acking(cluster, FIRST_VERSION)?;
+    show_fleet(cluster, ctl);
+
+    pause(timing.steady_before_rollout)?;
+
+    step(text(
+        "Rolling out the toll app 1.1.0",
+        "滚动升级收费应用至 1.1.0",
+    ));
+    // NOTE: the switch applies the deployments again with the new image, so
+    // every node switches at once. A staged `kind: Rollout` with per-node
+    // interruption in node status replaces this once tollwayctl has it.
+    events.rollout_method = "tollwayctl apply (deployment update, all nodes at once)".to_string();
+    for province in &cluster.provinces {
+        ctl.apply_toll_app(province, NEXT_VERSION, run_dir)?;
+    }
+    wait_apps_acking(cluster, NEXT_VERSION)?;
+    print_interruptions(cluster);
+
+    pause(timing.steady_after_rollout)?;
+
+    let cut_province = cluster
+        .provinces
+        .iter()
+        .find(|p| p.province == CUT_PROVINCE)
+        .cloned()
+        .expect("the plan has the cut province");
+    let killed = cut_province.nodes[0].clone();
+    events.killed_node = killed.plan.id.clone();
+    let (max_backlog, link_back) = outage(cluster, &cut_province, &killed, timing.cut)?;
+
+    pause(timing.steady_after_cut)?;
+
+    step(text(
+        "Stopping the toll apps (tollwayctl delete deployment)",
+        "停止收费应用（tollwayctl delete deployment）",
+    ));
+    for province in &cluster.provinces {
+        ctl.delete_toll_app(province)?;
+    }
+    wait_apps_stopped(cluster)?;
+
+    step(text(
+        "Waiting until every record is home",
+        "等待所有记录到达部中心",
+    ));
+    let window = (started_ms.saturating_sub(3_600_000), now_ms() + 3_600_000);
+    let home = wait_home(cluster, window);
+    events.drain_seconds = home.is_ok().then(|| link_back.elapsed().as_secs_f64());
+    if let Err(err) = &home {
+        println!("  {err}");
+    }
+
+    let mut report = collect(cluster, window, events)?;
+    if let Some(province) = report
+        .provinces
+        .iter_mut()
+        .find(|p| p.province == CUT_PROVINCE)
+    {
+        province.max_forward_backlog = max_backlog;
+    }
+    Ok(report)
+}
+
+/// Cuts `province`'s link to the national broker for `cut`, kills one of
+/// its daemons with SIGKILL a third of the way in and restarts it. Returns
+/// the largest forwarding backlog seen and when the link came back.
+fn outage(
+    cluster: &mut Cluster,
+    province: &ProvinceFiles,
+    killed: &NodeFiles,
+    cut: Duration,
+) -> Result<(u64, Instant), StageError> {
+    let code = province.province;
+    step(&format!(
+        "{} {code} {} {} s",
+        text("Cutting the national link of province", "切断省份"),
+        text("for", "到部中心的链路"),
+        cut.as_secs()
+    ));
+    let proxy = cluster.proxies.get(&code).expect("every province has a proxy");
+    proxy.cut_for(cut, CutMode::Refuse);
+    let cut_end = Instant::now() + cut;
+    let kill_at = Instant::now() + cut / 3;
+    let mut killed_done = false;
+    let mut max_backlog = 0;
+    let mut last_print = Instant::now();
+
+    while Instant::now() < cut_end {
+        check_interrupt()?;
+        cluster.supervisor.check_alive()?;
+        if !killed_done && Instant::now() >= kill_at {
+            println!(
+                "  {} {}",
+                text("kill -9 the edge daemon of", "kill -9 边缘守护进程"),
+                killed.plan.id
+            );
+            cluster.kill_node(killed)?;
+            pause(CRASH_DOWNTIME)?;
+            cluster.start_node(killed)?;
+            println!(
+                "  {} {}",
+                text("restarted the edge daemon of", "已重启边缘守护进程"),
+                killed.plan.id
+            );
+            killed_done = true;
+        }
+        let backlog = forward_backlog(cluster, province)?;
+        max_backlog = max_backlog.max(backlog);
+        if last_print.elapsed() >= Duration::from_secs(5) {
+            println!(
+                "  {} {code}: {backlog} {}",
+                text("province", "省份"),
+                text(
+                    "records stored and queued in its forwarder",
+                    "条记录已存储，在转发队列中等待"
+                )
+            );
+            last_print = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    step(&format!(
+        "{} {code} {}",
+        text("The national link of province", "省份"),
+        text("is back", "的链路已恢复")
+    ));
+    Ok((max_backlog, Instant::now()))
+}
+
+/// Returns records stored in `province` and not yet acknowledged by the
+/// national store.
+fn forward_backlog(cluster: &Cluster, province: &ProvinceFiles) -> Result<u64, StageError> {
+    let stored = stat(province.query_port, "records_stored")?;
+    let national = get_json(
+        cluster.national.query_port,
+        &format!("/v1/provinces/{}", province.province),
+    )?;
+    let through = national["forward_through"].as_u64().unwrap_or(0);
+    Ok(stored.saturating_sub(through))
+}
+
+/// Waits until the app `version` on every node has had records acknowledged.
+fn wait_apps_acking(cluster: &Cluster, version: &str) -> Result<(), StageError> {
+    let nodes = all_nodes(cluster);
+    wait(
+        &format!("the toll app {version} to hand records to every node's intake"),
+        APP_START_TIMEOUT,
+        || {
+            let waiting: Vec<&str> = nodes
+                .iter()
+                .filter(|node| {
+                    counts::read(&node.counts_dir, version).is_none_or(|c| c.acked == 0)
+                })
+                .map(|node| node.plan.id.as_str())
+                .collect();
+            if waiting.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("not yet on {}", waiting.join(", ")))
+            }
+        },
+    )?;
+    println!(
+        "  {} {version} {}",
+        text("toll app", "收费应用"),
+        text("runs on every node", "已在所有节点运行")
+    );
+    Ok(())
+}
+
+/// Waits until every node's app has stopped and written its final counts.
+fn wait_apps_stopped(cluster: &Cluster) -> Result<(), StageError> {
+    let nodes = all_nodes(cluster);
+    wait("every toll app to stop", APP_STOP_TIMEOUT, || {
+        let running: Vec<&str> = nodes
+            .iter()
+            .filter(|node| counts::read(&node.counts_dir, NEXT_VERSION).is_none_or(|c| !c.stopped))
+            .map(|node| node.plan.id.as_str())
+            .collect();
+        if running.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("still running on {}", running.join(", ")))
+        }
+    })
+}
+
+/// Waits until, for every node, the national store holds as many records of
+/// its gantry as the provincial store, and the province holds every seq the
+/// apps were acknowledged.
+fn wait_home(cluster: &Cluster, window: (u64, u64)) -> Result<(), StageError> {
+    let nodes = all_nodes(cluster);
+    let mut last_print = Instant::now();
+    wait("every record to reach the national store", HOME_TIMEOUT, || {
+        let mut behind = Vec::new();
+        for node in &nodes {
+            let report = node_report(cluster, node, window).map_err(|err| err.to_string())?;
+            let owed = report.accepted_by_intake.max(report.acked_by_intake);
+            if report.stored_nationally < owed
+                || report.stored_in_province != report.accepted_by_intake
+                || report.accepted_by_intake < report.acked_by_intake
+            {
+                behind.push(format!(
+                    "{} ({}/{} {})",
+                    node.plan.id,
+                    report.stored_nationally,
+                    owed,
+                    text("national", "部中心")
+                ));
+            }
+        }
+        if behind.is_empty() {
+            return Ok(());
+        }
+        let summary = behind.join(", ");
+        if last_print.elapsed() >= Duration::from_secs(5) {
+            println!("  {} {summary}", text("still on the way:", "仍在途中："));
+            last_print = Instant::now();
+        }
+        Err(summary)
+    })
+}
+
+/// Reads every count of the report from the apps and the services.
+fn collect(cluster: &Cluster, window: (u64, u64), events: Events) -> Result<Report, StageError> {
+    let mut nodes = Vec::new();
+    for node in all_nodes(cluster) {
+        nodes.push(node_report(cluster, &node, window)?);
+    }
+    let mut provinces = Vec::new();
+    for province in &cluster.provinces {
+        let national = get_json(
+            cluster.national.query_port,
+            &format!("/v1/provinces/{}", province.province),
+        )?;
+        provinces.push(ProvinceReport {
+            province: province.province,
+            records_stored: stat(province.query_port, "records_stored")?,
+            duplicates_dropped: stat(province.query_port, "records_duplicate")?,
+            national_forward_through: national["forward_through"].as_u64().unwrap_or(0),
+            max_forward_backlog: 0,
+        });
+    }
+    let national = NationalReport {
+        records_stored: stat(cluster.national.query_port, "national_records_stored")?,
+        duplicates_dropped: stat(cluster.national.query_port, "national_records_duplicate")?,
+    };
+    let mut report = Report {
+        events,
+        nodes,
+        provinces,
+        national,
+        ..Report::default()
+    };
+    report.finish();
+    Ok(report)
+}
+
+/// Reads one node's counts: its apps' counts files, its watermark and gantry
+/// totals in the provincial store, and its gantry totals nationally.
+fn node_report(
+    cluster: &Cluster,
+    node: &NodeFiles,
+    window: (u64, u64),
+) -> Result<NodeReport, StageError> {
+    let province = cluster
+        .provinces
+        .iter()
+        .find(|p| p.province == node.plan.province)
+        .expect("every node belongs to a province of the plan");
+    let mut report = NodeReport {
+        node: node.plan.id.clone(),
+        province: node.plan.province,
+        gantry: node.plan.gantry.clone(),
+        ..NodeReport::default()
+    };
+
+    let versions: Vec<AppCounts> = [FIRST_VERSION, NEXT_VERSION]
+        .iter()
+        .filter_map(|version| counts::read(&node.counts_dir, version))
+        .collect();
+    for counts in &versions {
+        report.produced += counts.produced;
+        report.acked_by_intake += counts.acked;
+        report.unacked_at_app_stop += counts.pending;
+    }
+    report.rollout_interruption_ms = interruption_ms(&node.counts_dir);
+
+    let watermark = get_json(
+        province.query_port,
+        &format!("/v1/nodes/{}/{}", node.plan.province, node.plan.id),
+    )?;
+    report.accepted_by_intake = watermark["stored_through"].as_u64().unwrap_or(0);
+    (report.stored_in_province, report.province_pay_fee_sum) =
+        gantry_totals(province.query_port, &node.plan.gantry, window)?;
+    (report.stored_nationally, report.national_pay_fee_sum) =
+        gantry_totals(cluster.national.query_port, &node.plan.gantry, window)?;
+    Ok(report)
+}
+
+/// Returns the record count and pay-fee sum of `gantry` in one store, from
+/// the query API's hourly totals.
+fn gantry_totals(port: u16, gantry: &str, window: (u64, u64)) -> Result<(u64, u64), StageError> {
+    let hours = get_json(
+        port,
+        &format!(
+            "/v1/hours?gantry={gantry}&from_ms={}&to_ms={}",
+            window.0, window.1
+        ),
+    )?;
+    let mut count = 0;
+    let mut pay_fee_sum = 0;
+    for hour in hours["hours"].as_array().into_iter().flatten() {
+        count += hour["count"].as_u64().unwrap_or(0);
+        pay_fee_sum += hour["pay_fee_sum"].as_u64().unwrap_or(0);
+    }
+    Ok((count, pay_fee_sum))
+}
+
+/// Returns the gap between the old version's last acknowledged record and
+/// the new version's first on one node, from the apps' own counts.
+fn interruption_ms(counts_dir: &Path) -> Option<u64> {
+    let old = counts::read(counts_dir, FIRST_VERSION)?;
+    let new = counts::read(counts_dir, NEXT_VERSION)?;
+    Some(new.first_ack_ms?.saturating_sub(old.last_ack_ms?))
+}
+
+fn print_interruptions(cluster: &Cluster) {
+    for node in all_nodes(cluster) {
+        if let Some(ms) = interruption_ms(&node.counts_dir) {
+            println!(
+                "  {}: {} {ms} ms",
+                node.plan.id,
+                text(
+                    "no record acknowledged for",
+                    "无记录被确认的时长"
+                )
+            );
+        }
+    }
+}
+
+/// Prints `tollwayctl get nodes` per province and `tollwayctl fleet`.
+fn show_fleet(cluster: &Cluster, ctl: &Ctl) {
+    for province in &cluster.provinces {
+        println!(
+            "\n$ tollwayctl get nodes   # {} {}",
+            text("province", "省份"),
+            province.province
+        );
+        match ctl.get_nodes(province) {
+            Ok(output) => print!("{output}"),
+            Err(err) => println!("  {err}"),
+        }
+    }
+    // The aggregator hears from each controller every few seconds, through
+    // the bridges; give it one status interval so the view is filled in.
+    std::thread::sleep(Duration::from_secs(6));
+    println!("\n$ tollwayctl fleet");
+    match ctl.fleet(&cluster.provinces[0]) {
+        Ok(output) => println!("{output}"),
+        Err(err) => println!("  {err}"),
+    }
+}
+
+fn all_nodes(cluster: &Cluster) -> Vec<NodeFiles> {
+    cluster
+        .provinces
+        .iter()
+        .flat_map(|province| province.nodes.iter().cloned())
+        .collect()
+}
+
+fn step(what: &str) {
+    println!("\n== {what}");
+}
+
+/// Sleeps for `duration`, returning early with an error on a signal.
+fn pause(duration: Duration) -> Result<(), StageError> {
+    let end = Instant::now() + duration;
+    while Instant::now() < end {
+        check_interrupt()?;
+        std::thread::sleep(Duration::from_millis(100).min(end - Instant::now()));
+    }
+    Ok(())
+}
+
+fn check_interrupt() -> Result<(), StageError> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        Err(StageError::Interrupted)
+    } else {
+        Ok(())
+    }
+}
+
+/// Polls `check` every 500 ms until it succeeds, failing after `timeout`
+/// with `what` and the last state it returned.
+fn wait(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<(), String>,
+) -> Result<(), StageError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        check_interrupt()?;
+        let last = match check() {
+            Ok(()) => return Ok(()),
+            Err(last) => last,
+        };
+        if Instant::now() >= deadline {
+            return Err(StageError::Timeout {
+                what: what.to_string(),
+                timeout,
+                last,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}
