@@ -41,7 +41,7 @@ pub enum StartError {
     },
 }
 
-/// Where the workspace programs are.
+/// Directory of the workspace programs.
 #[derive(Debug, Clone)]
 pub struct Programs {
     pub dir: PathBuf,

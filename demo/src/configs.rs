@@ -72,8 +72,8 @@ pub struct ProvinceFiles {
     pub bridge_metrics_port: u16,
     pub query_port: u16,
     pub controller_port: u16,
-    /// Where the bridge connects: the fault proxy in front of the national
-    /// bridge listener.
+    /// Port of the fault proxy in front of the national bridge listener,
+    /// which the bridge connects to.
     pub proxy_port: u16,
     pub password_file: PathBuf,
     pub nodes: Vec<NodeFiles>,
@@ -85,7 +85,7 @@ pub struct NodeFiles {
     pub plan: NodePlan,
     pub config: PathBuf,
     pub intake_port: u16,
-    /// Host directory mounted into the toll app; it holds the app's
+    /// Host directory mounted into the toll app, for the app's
     /// `counts-VERSION.json` files.
     pub counts_dir: PathBuf,
 }
@@ -223,7 +223,10 @@ pub fn write_province(
     let password_file = dir.join("centre.password");
     write(&password_file, &format!("{}\n", input.password))?;
     let remote_password_file = dir.join("bridge-remote.password");
-    write(&remote_password_file, &format!("{}\n", input.bridge_password))?;
+    write(
+        &remote_password_file,
+        &format!("{}\n", input.bridge_password),
+    )?;
 
     let d = dir.display();
     let broker_config = dir.join("broker.toml");

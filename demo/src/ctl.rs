@@ -86,7 +86,12 @@ impl Ctl {
             .args(args)
             .args(["--broker-host", "127.0.0.1", "--broker-port", &port])
             .args(["--username", SERVICE_USER, "--password-file", &password])
-            .args(["--controller-url", &controller, "--aggregator-url", &aggregator])
+            .args([
+                "--controller-url",
+                &controller,
+                "--aggregator-url",
+                &aggregator,
+            ])
             .output()
             .map_err(|err| CtlError {
                 args: args.join(" "),

@@ -27,7 +27,10 @@ pub fn get_json(port: u16, path: &str) -> Result<Value, HttpError> {
         .timeout_global(Some(TIMEOUT))
         .build()
         .into();
-    let mut response = agent.get(&url).call().map_err(|err| error(err.to_string()))?;
+    let mut response = agent
+        .get(&url)
+        .call()
+        .map_err(|err| error(err.to_string()))?;
     response
         .body_mut()
         .read_json()

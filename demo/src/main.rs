@@ -127,7 +127,10 @@ fn run(cli: &Cli, duration: Duration) -> Result<Report, String> {
         .map_err(|err| format!("cannot create {}: {err}", log_dir.display()))?;
     println!(
         "{} {}",
-        text("Run directory (configurations, data, logs):", "运行目录（配置、数据、日志）："),
+        text(
+            "Run directory (configurations, data, logs):",
+            "运行目录（配置、数据、日志）："
+        ),
         run_dir.display()
     );
 
@@ -176,7 +179,10 @@ fn run(cli: &Cli, duration: Duration) -> Result<Report, String> {
     for node in plan::all_nodes(&tag) {
         removed += podman::remove_node_containers(&socket, &node.id);
     }
-    println!("  {} {removed}", text("containers removed:", "已删除容器："));
+    println!(
+        "  {} {removed}",
+        text("containers removed:", "已删除容器：")
+    );
     cluster.proxies.clear();
     drop(runtime);
 
@@ -192,7 +198,11 @@ fn run(cli: &Cli, duration: Duration) -> Result<Report, String> {
     println!("\n{}", report.render());
     if let Some(path) = &cli.report {
         write_report(path, &report)?;
-        println!("{} {}", text("Report written to", "报告已写入"), path.display());
+        println!(
+            "{} {}",
+            text("Report written to", "报告已写入"),
+            path.display()
+        );
     }
     Ok(report)
 }
@@ -207,8 +217,12 @@ fn prepare(
 ) -> Result<Cluster, String> {
     let nodes = plan::all_nodes(tag);
     let node_ids: Vec<String> = nodes.iter().map(|node| node.id.clone()).collect();
-    let pki = pki::Pki::create(&programs.path("tollwayctl"), &run_dir.join("pki"), &node_ids)
-        .map_err(|err| err.to_string())?;
+    let pki = pki::Pki::create(
+        &programs.path("tollwayctl"),
+        &run_dir.join("pki"),
+        &node_ids,
+    )
+    .map_err(|err| err.to_string())?;
 
     let broker = programs.path("tollway-broker");
     let national_password = secret();
@@ -302,7 +316,9 @@ fn check_images(socket: &Path) -> Result<(), String> {
         let exists = Command::new("podman")
             .args(["--url", &url, "image", "exists", &image])
             .status()
-            .map_err(|err| format!("cannot run podman: {err}; install it (scripts/setup-system)"))?;
+            .map_err(|err| {
+                format!("cannot run podman: {err}; install it (scripts/setup-system)")
+            })?;
         if !exists.success() {
             return Err(format!(
                 "image {image} is missing; build it with `scripts/build-toll-image {version}`"

@@ -25,7 +25,10 @@ impl Pki {
     pub fn create(tollwayctl: &Path, dir: &Path, nodes: &[String]) -> Result<Pki, PkiError> {
         let dir_arg = dir.display().to_string();
         run(tollwayctl, &["pki", "--dir", &dir_arg, "init"])?;
-        run(tollwayctl, &["pki", "--dir", &dir_arg, "issue-server", "127.0.0.1"])?;
+        run(
+            tollwayctl,
+            &["pki", "--dir", &dir_arg, "issue-server", "127.0.0.1"],
+        )?;
         for node in nodes {
             run(tollwayctl, &["pki", "--dir", &dir_arg, "issue-node", node])?;
         }
@@ -67,6 +70,8 @@ fn run(tollwayctl: &Path, args: &[&str]) -> Result<(), PkiError> {
     if output.status.success() {
         Ok(())
     } else {
-        Err(error(String::from_utf8_lossy(&output.stderr).trim().to_string()))
+        Err(error(
+            String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        ))
     }
 }

@@ -17,7 +17,15 @@ pub fn remove_node_containers(socket: &Path, node: &str) -> usize {
     let url = format!("unix://{}", socket.display());
     let filter = format!("label={NODE_LABEL}={node}");
     let listed = Command::new("podman")
-        .args(["--url", &url, "ps", "-aq", "--no-trunc", "--filter", &filter])
+        .args([
+            "--url",
+            &url,
+            "ps",
+            "-aq",
+            "--no-trunc",
+            "--filter",
+            &filter,
+        ])
         .output();
     let ids: Vec<String> = match listed {
         Ok(output) if output.status.success() => String::from_utf8_lossy(&output.stdout)
@@ -36,7 +44,10 @@ pub fn remove_node_containers(socket: &Path, node: &str) -> usize {
 
     let mut removed = 0;
     for id in ids {
-        match Command::new("podman").args(["--url", &url, "rm", "-f", "-t", "0", &id]).output() {
+        match Command::new("podman")
+            .args(["--url", &url, "rm", "-f", "-t", "0", &id])
+            .output()
+        {
             Ok(output) if output.status.success() => removed += 1,
             Ok(output) => {
                 tracing::warn!(node, container = %id, error = %String::from_utf8_lossy(&output.stderr).trim(), "podman rm failed");

@@ -72,18 +72,20 @@ pub struct Totals {
     pub missing: u64,
 }
 
-/// What the disruptive steps did.
+/// Facts about the disruptive steps.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Events {
     pub rollout_from: String,
     pub rollout_to: String,
-    /// How the new version was rolled out.
+    /// Method of the switch to the new version.
     pub rollout_method: String,
     pub cut_province: u8,
     pub cut_seconds: u64,
     pub killed_node: String,
-    /// Seconds from restoring the link until every record was home.
-    pub drain_seconds: Option<f64>,
+    /// Seconds from restoring the link until the national store acknowledged
+    /// every record that the cut province had stored by then. Absent when
+    /// that took longer than the traffic after the cut.
+    pub catch_up_seconds: Option<f64>,
 }
 
 /// The whole report.
@@ -201,10 +203,7 @@ impl Report {
     /// Renders the report for the terminal.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        out += &format!(
-            "{}\n\n",
-            text("Completeness report", "完整性报告")
-        );
+        out += &format!("{}\n\n", text("Completeness report", "完整性报告"));
         let header = [
             text("node", "节点"),
             text("produced", "产生"),
@@ -262,6 +261,16 @@ impl Report {
                 text("forwarded nationally through seq", "部中心确认转发至序号"),
                 province.national_forward_through,
             );
+            if province.max_forward_backlog > 0 {
+                out += &format!(
+                    "  {} {}\n",
+                    text(
+                        "most records queued in its forwarder during the outage:",
+                        "断网期间转发队列中最多的记录数："
+                    ),
+                    province.max_forward_backlog
+                );
+            }
         }
         out += &format!(
             "{}: {} {}, {} {}\n",
@@ -280,17 +289,24 @@ impl Report {
             events.rollout_method
         );
         out += &format!(
-            "{}: {} {} s, {} {}\n",
-            text("outage", "断网"),
+            "{} {} {} {} s; {} {}\n",
+            text("outage: province", "断网：省份"),
             events.cut_province,
+            text("cut from the national centre for", "与部中心断开"),
             events.cut_seconds,
-            text("daemon killed with SIGKILL:", "被 SIGKILL 杀死的守护进程："),
+            text(
+                "edge daemon killed with SIGKILL and restarted:",
+                "被 SIGKILL 杀死并重启的边缘守护进程："
+            ),
             events.killed_node,
         );
-        if let Some(seconds) = events.drain_seconds {
+        if let Some(seconds) = events.catch_up_seconds {
             out += &format!(
-                "{}: {seconds:.1} s\n",
-                text("all records home after the link came back", "恢复链路后全部记录到达")
+                "{} {seconds:.1} s\n",
+                text(
+                    "records queued during the outage reached the national store in",
+                    "断网期间排队的记录到达部中心用时"
+                )
             );
         }
         out += "\n";

@@ -116,7 +116,8 @@ pub fn run(
     // NOTE: the switch applies the deployments again with the new image, so
     // every node switches at once. A staged `kind: Rollout` with per-node
     // interruption in node status replaces this once tollwayctl has it.
-    events.rollout_method = "tollwayctl apply (deployment update, all nodes at once)".to_string();
+    events.rollout_method =
+        "deployment update with tollwayctl apply, all nodes at once".to_string();
     for province in &cluster.provinces {
         ctl.apply_toll_app(province, NEXT_VERSION, run_dir)?;
     }
@@ -135,7 +136,7 @@ pub fn run(
     events.killed_node = killed.plan.id.clone();
     let (max_backlog, link_back) = outage(cluster, &cut_province, &killed, timing.cut)?;
 
-    pause(timing.steady_after_cut)?;
+    events.catch_up_seconds = catch_up(cluster, &cut_province, link_back, timing.steady_after_cut)?;
 
     step(text(
         "Stopping the toll apps (tollwayctl delete deployment)",
@@ -151,9 +152,7 @@ pub fn run(
         "等待所有记录到达部中心",
     ));
     let window = (started_ms.saturating_sub(3_600_000), now_ms() + 3_600_000);
-    let home = wait_home(cluster, window);
-    events.drain_seconds = home.is_ok().then(|| link_back.elapsed().as_secs_f64());
-    if let Err(err) = &home {
+    if let Err(err) = wait_home(cluster, window) {
         println!("  {err}");
     }
 
@@ -184,7 +183,10 @@ fn outage(
         text("for", "到部中心的链路"),
         cut.as_secs()
     ));
-    let proxy = cluster.proxies.get(&code).expect("every province has a proxy");
+    let proxy = cluster
+        .proxies
+        .get(&code)
+        .expect("every province has a proxy");
     proxy.cut_for(cut, CutMode::Refuse);
     let cut_end = Instant::now() + cut;
     let kill_at = Instant::now() + cut / 3;
@@ -234,16 +236,56 @@ fn outage(
     Ok((max_backlog, Instant::now()))
 }
 
-/// Returns records stored in `province` and not yet acknowledged by the
-/// national store.
-fn forward_backlog(cluster: &Cluster, province: &ProvinceFiles) -> Result<u64, StageError> {
-    let stored = stat(province.query_port, "records_stored")?;
+/// Lets traffic run for `duration` after the link came back at `link_back`,
+/// and returns how long the national store took to acknowledge every record
+/// that `province` had stored when the link came back; `None` when it took
+/// longer than `duration`.
+fn catch_up(
+    cluster: &Cluster,
+    province: &ProvinceFiles,
+    link_back: Instant,
+    duration: Duration,
+) -> Result<Option<f64>, StageError> {
+    let queued = stat(province.query_port, "records_stored")?;
+    let end = link_back + duration;
+    let mut caught_up = None;
+    while Instant::now() < end {
+        check_interrupt()?;
+        if caught_up.is_none() && national_forward_through(cluster, province)? >= queued {
+            let seconds = link_back.elapsed().as_secs_f64();
+            println!(
+                "  {} {seconds:.1} s",
+                text(
+                    "the forwarder's queue reached the national store in",
+                    "转发队列全部到达部中心，用时"
+                )
+            );
+            caught_up = Some(seconds);
+        }
+        std::thread::sleep(
+            Duration::from_millis(200).min(end.saturating_duration_since(Instant::now())),
+        );
+    }
+    Ok(caught_up)
+}
+
+/// Returns `province`'s highest contiguous forwarding seq in the national store.
+fn national_forward_through(
+    cluster: &Cluster,
+    province: &ProvinceFiles,
+) -> Result<u64, StageError> {
     let national = get_json(
         cluster.national.query_port,
         &format!("/v1/provinces/{}", province.province),
     )?;
-    let through = national["forward_through"].as_u64().unwrap_or(0);
-    Ok(stored.saturating_sub(through))
+    Ok(national["forward_through"].as_u64().unwrap_or(0))
+}
+
+/// Returns records stored in `province` and not yet acknowledged by the
+/// national store.
+fn forward_backlog(cluster: &Cluster, province: &ProvinceFiles) -> Result<u64, StageError> {
+    let stored = stat(province.query_port, "records_stored")?;
+    Ok(stored.saturating_sub(national_forward_through(cluster, province)?))
 }
 
 /// Waits until the app `version` on every node has had records acknowledged.
@@ -255,9 +297,7 @@ fn wait_apps_acking(cluster: &Cluster, version: &str) -> Result<(), StageError> 
         || {
             let waiting: Vec<&str> = nodes
                 .iter()
-                .filter(|node| {
-                    counts::read(&node.counts_dir, version).is_none_or(|c| c.acked == 0)
-                })
+                .filter(|node| counts::read(&node.counts_dir, version).is_none_or(|c| c.acked == 0))
                 .map(|node| node.plan.id.as_str())
                 .collect();
             if waiting.is_empty() {
@@ -298,34 +338,38 @@ fn wait_apps_stopped(cluster: &Cluster) -> Result<(), StageError> {
 fn wait_home(cluster: &Cluster, window: (u64, u64)) -> Result<(), StageError> {
     let nodes = all_nodes(cluster);
     let mut last_print = Instant::now();
-    wait("every record to reach the national store", HOME_TIMEOUT, || {
-        let mut behind = Vec::new();
-        for node in &nodes {
-            let report = node_report(cluster, node, window).map_err(|err| err.to_string())?;
-            let owed = report.accepted_by_intake.max(report.acked_by_intake);
-            if report.stored_nationally < owed
-                || report.stored_in_province != report.accepted_by_intake
-                || report.accepted_by_intake < report.acked_by_intake
-            {
-                behind.push(format!(
-                    "{} ({}/{} {})",
-                    node.plan.id,
-                    report.stored_nationally,
-                    owed,
-                    text("national", "部中心")
-                ));
+    wait(
+        "every record to reach the national store",
+        HOME_TIMEOUT,
+        || {
+            let mut behind = Vec::new();
+            for node in &nodes {
+                let report = node_report(cluster, node, window).map_err(|err| err.to_string())?;
+                let owed = report.accepted_by_intake.max(report.acked_by_intake);
+                if report.stored_nationally < owed
+                    || report.stored_in_province != report.accepted_by_intake
+                    || report.accepted_by_intake < report.acked_by_intake
+                {
+                    behind.push(format!(
+                        "{} ({}/{} {})",
+                        node.plan.id,
+                        report.stored_nationally,
+                        owed,
+                        text("national", "部中心")
+                    ));
+                }
             }
-        }
-        if behind.is_empty() {
-            return Ok(());
-        }
-        let summary = behind.join(", ");
-        if last_print.elapsed() >= Duration::from_secs(5) {
-            println!("  {} {summary}", text("still on the way:", "仍在途中："));
-            last_print = Instant::now();
-        }
-        Err(summary)
-    })
+            if behind.is_empty() {
+                return Ok(());
+            }
+            let summary = behind.join(", ");
+            if last_print.elapsed() >= Duration::from_secs(5) {
+                println!("  {} {summary}", text("still on the way:", "仍在途中："));
+                last_print = Instant::now();
+            }
+            Err(summary)
+        },
+    )
 }
 
 /// Reads every count of the report from the apps and the services.
@@ -438,10 +482,7 @@ fn print_interruptions(cluster: &Cluster) {
             println!(
                 "  {}: {} {ms} ms",
                 node.plan.id,
-                text(
-                    "no record acknowledged for",
-                    "无记录被确认的时长"
-                )
+                text("no record acknowledged for", "无记录被确认的时长")
             );
         }
     }

@@ -176,7 +176,10 @@ fn stop_child(name: &str, child: &mut Child) {
         }
         sleep(Duration::from_millis(50));
     }
-    tracing::warn!(process = name, "did not stop within {STOP_DEADLINE:?} of SIGTERM; killing it");
+    tracing::warn!(
+        process = name,
+        "did not stop within {STOP_DEADLINE:?} of SIGTERM; killing it"
+    );
     let _ = child.kill();
     let _ = child.wait();
 }

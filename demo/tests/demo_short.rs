@@ -69,7 +69,10 @@ fn short_demo_loses_no_record() {
         let national = number(node, "stored_nationally");
         assert!(produced > 0, "{id} produced nothing");
         assert_eq!(produced, acked + unacked, "{id}: produced vs acknowledged");
-        assert!(accepted >= acked, "{id}: accepted {accepted} < acked {acked}");
+        assert!(
+            accepted >= acked,
+            "{id}: accepted {accepted} < acked {acked}"
+        );
         assert_eq!(province, accepted, "{id}: province store vs intake");
         assert_eq!(national, province, "{id}: national store vs province");
         assert_eq!(
@@ -97,7 +100,9 @@ fn short_demo_loses_no_record() {
         "no record queued in the forwarder while the link was cut: {report:#}"
     );
     assert!(
-        events["killed_node"].as_str().is_some_and(|n| !n.is_empty()),
+        events["killed_node"]
+            .as_str()
+            .is_some_and(|n| !n.is_empty()),
         "no daemon was killed: {report:#}"
     );
     assert!(Path::new(&run_dir).join("logs").is_dir());
