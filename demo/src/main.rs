@@ -180,8 +180,8 @@ fn run(cli: &Cli, duration: Duration) -> Result<Report, String> {
         removed += podman::remove_node_containers(&socket, &node.id);
     }
     println!(
-        "  {} {removed}",
-        text("containers removed:", "已删除容器：")
+        "  {}{removed}",
+        text("containers removed: ", "已删除容器：")
     );
     cluster.proxies.clear();
     drop(runtime);

@@ -134,7 +134,7 @@ pub fn run(
         .expect("the plan has the cut province");
     let killed = cut_province.nodes[0].clone();
     events.killed_node = killed.plan.id.clone();
-    let (max_backlog, link_back) = outage(cluster, &cut_province, &killed, timing.cut)?;
+    let (max_backlog, link_back) = outage(cluster, ctl, &cut_province, &killed, timing.cut)?;
 
     events.catch_up_seconds = catch_up(cluster, &cut_province, link_back, timing.steady_after_cut)?;
 
@@ -168,10 +168,12 @@ pub fn run(
 }
 
 /// Cuts `province`'s link to the national broker for `cut`, kills one of
-/// its daemons with SIGKILL a third of the way in and restarts it. Returns
+/// its daemons with SIGKILL a third of the way in, restarts it and shows the
+/// fleet view, where the cut province's bridge is offline. Returns
 /// the largest forwarding backlog seen and when the link came back.
 fn outage(
     cluster: &mut Cluster,
+    ctl: &Ctl,
     province: &ProvinceFiles,
     killed: &NodeFiles,
     cut: Duration,
@@ -212,6 +214,11 @@ fn outage(
                 killed.plan.id
             );
             killed_done = true;
+            println!("\n$ tollwayctl fleet");
+            match ctl.fleet(province) {
+                Ok(output) => println!("{output}"),
+                Err(err) => println!("  {err}"),
+            }
         }
         let backlog = forward_backlog(cluster, province)?;
         max_backlog = max_backlog.max(backlog);
