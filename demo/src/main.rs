@@ -122,6 +122,9 @@ fn run(cli: &Cli, duration: Duration) -> Result<Report, String> {
     let run_dir = cli.run_dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("tollway-demo-{}", std::process::id()))
     });
+    // Configurations and container mounts need absolute paths.
+    let run_dir = std::path::absolute(&run_dir)
+        .map_err(|err| format!("invalid --run-dir {}: {err}", run_dir.display()))?;
     let log_dir = run_dir.join("logs");
     std::fs::create_dir_all(&log_dir)
         .map_err(|err| format!("cannot create {}: {err}", log_dir.display()))?;
