@@ -16,9 +16,11 @@ mod locale;
 mod pki;
 mod plan;
 mod podman;
+mod readings;
 mod report;
 mod scenario;
 mod supervisor;
+mod waiting;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -372,7 +374,7 @@ async fn watch_signals() {
         _ = terminate.recv() => {}
     }
     eprintln!("tollway-demo: stopping after a signal");
-    scenario::INTERRUPTED.store(true, Ordering::Relaxed);
+    waiting::INTERRUPTED.store(true, Ordering::Relaxed);
 }
 
 /// Parses `90`, `90s`, `5m` or `1h`.

@@ -4,20 +4,21 @@
 //! record is home. Each wait is bounded and names what it waited for.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tollway_loadtest::proxy::CutMode;
 
 use crate::cluster::{Cluster, StartError};
 use crate::configs::{NodeFiles, ProvinceFiles};
-use crate::counts::{self, AppCounts};
+use crate::counts;
 use crate::ctl::{Ctl, CtlError};
 use crate::http::{HttpError, get_json, stat};
 use crate::locale::text;
 use crate::plan::CUT_PROVINCE;
-use crate::report::{Events, NationalReport, NodeReport, ProvinceReport, Report};
+use crate::readings::{forward_backlog, interruption_ms, national_forward_through, node_report};
+use crate::report::{Events, NationalReport, ProvinceReport, Report};
 use crate::supervisor::ProcessError;
+use crate::waiting::{check_interrupt, now_ms, pause, wait};
 
 /// The toll app version deployed first.
 pub const FIRST_VERSION: &str = "1.0.0";
@@ -32,9 +33,6 @@ const APP_STOP_TIMEOUT: Duration = Duration::from_secs(60);
 const HOME_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long the killed daemon stays down.
 const CRASH_DOWNTIME: Duration = Duration::from_secs(3);
-
-/// Set by SIGINT or SIGTERM; every wait checks it.
-pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// A stage that could not finish.
 #[derive(Debug, thiserror::Error)]
@@ -276,25 +274,6 @@ fn catch_up(
     Ok(caught_up)
 }
 
-/// Returns `province`'s highest contiguous forwarding seq in the national store.
-fn national_forward_through(
-    cluster: &Cluster,
-    province: &ProvinceFiles,
-) -> Result<u64, StageError> {
-    let national = get_json(
-        cluster.national.query_port,
-        &format!("/v1/provinces/{}", province.province),
-    )?;
-    Ok(national["forward_through"].as_u64().unwrap_or(0))
-}
-
-/// Returns records stored in `province` and not yet acknowledged by the
-/// national store.
-fn forward_backlog(cluster: &Cluster, province: &ProvinceFiles) -> Result<u64, StageError> {
-    let stored = stat(province.query_port, "records_stored")?;
-    Ok(stored.saturating_sub(national_forward_through(cluster, province)?))
-}
-
 /// Waits until the app `version` on every node has had records acknowledged.
 fn wait_apps_acking(cluster: &Cluster, version: &str) -> Result<(), StageError> {
     let nodes = all_nodes(cluster);
@@ -414,75 +393,6 @@ fn collect(cluster: &Cluster, window: (u64, u64), events: Events) -> Result<Repo
     Ok(report)
 }
 
-/// Reads one node's counts: its apps' counts files, its watermark and gantry
-/// totals in the provincial store, and its gantry totals nationally.
-fn node_report(
-    cluster: &Cluster,
-    node: &NodeFiles,
-    window: (u64, u64),
-) -> Result<NodeReport, StageError> {
-    let province = cluster
-        .provinces
-        .iter()
-        .find(|p| p.province == node.plan.province)
-        .expect("every node belongs to a province of the plan");
-    let mut report = NodeReport {
-        node: node.plan.id.clone(),
-        province: node.plan.province,
-        gantry: node.plan.gantry.clone(),
-        ..NodeReport::default()
-    };
-
-    let versions: Vec<AppCounts> = [FIRST_VERSION, NEXT_VERSION]
-        .iter()
-        .filter_map(|version| counts::read(&node.counts_dir, version))
-        .collect();
-    for counts in &versions {
-        report.produced += counts.produced;
-        report.acked_by_intake += counts.acked;
-        report.unacked_at_app_stop += counts.pending;
-    }
-    report.rollout_interruption_ms = interruption_ms(&node.counts_dir);
-
-    let watermark = get_json(
-        province.query_port,
-        &format!("/v1/nodes/{}/{}", node.plan.province, node.plan.id),
-    )?;
-    report.accepted_by_intake = watermark["stored_through"].as_u64().unwrap_or(0);
-    (report.stored_in_province, report.province_pay_fee_sum) =
-        gantry_totals(province.query_port, &node.plan.gantry, window)?;
-    (report.stored_nationally, report.national_pay_fee_sum) =
-        gantry_totals(cluster.national.query_port, &node.plan.gantry, window)?;
-    Ok(report)
-}
-
-/// Returns the record count and pay-fee sum of `gantry` in one store, from
-/// the query API's hourly totals.
-fn gantry_totals(port: u16, gantry: &str, window: (u64, u64)) -> Result<(u64, u64), StageError> {
-    let hours = get_json(
-        port,
-        &format!(
-            "/v1/hours?gantry={gantry}&from_ms={}&to_ms={}",
-            window.0, window.1
-        ),
-    )?;
-    let mut count = 0;
-    let mut pay_fee_sum = 0;
-    for hour in hours["hours"].as_array().into_iter().flatten() {
-        count += hour["count"].as_u64().unwrap_or(0);
-        pay_fee_sum += hour["pay_fee_sum"].as_u64().unwrap_or(0);
-    }
-    Ok((count, pay_fee_sum))
-}
-
-/// Returns the gap between the old version's last acknowledged record and
-/// the new version's first on one node, from the apps' own counts.
-fn interruption_ms(counts_dir: &Path) -> Option<u64> {
-    let old = counts::read(counts_dir, FIRST_VERSION)?;
-    let new = counts::read(counts_dir, NEXT_VERSION)?;
-    Some(new.first_ack_ms?.saturating_sub(old.last_ack_ms?))
-}
-
 fn print_interruptions(cluster: &Cluster) {
     for node in all_nodes(cluster) {
         if let Some(ms) = interruption_ms(&node.counts_dir) {
@@ -528,54 +438,4 @@ fn all_nodes(cluster: &Cluster) -> Vec<NodeFiles> {
 
 fn step(what: &str) {
     println!("\n== {what}");
-}
-
-/// Sleeps for `duration`, returning early with an error on a signal.
-fn pause(duration: Duration) -> Result<(), StageError> {
-    let end = Instant::now() + duration;
-    while Instant::now() < end {
-        check_interrupt()?;
-        std::thread::sleep(Duration::from_millis(100).min(end - Instant::now()));
-    }
-    Ok(())
-}
-
-fn check_interrupt() -> Result<(), StageError> {
-    if INTERRUPTED.load(Ordering::Relaxed) {
-        Err(StageError::Interrupted)
-    } else {
-        Ok(())
-    }
-}
-
-/// Polls `check` every 500 ms until it succeeds, failing after `timeout`
-/// with `what` and the last state it returned.
-fn wait(
-    what: &str,
-    timeout: Duration,
-    mut check: impl FnMut() -> Result<(), String>,
-) -> Result<(), StageError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        check_interrupt()?;
-        let last = match check() {
-            Ok(()) => return Ok(()),
-            Err(last) => last,
-        };
-        if Instant::now() >= deadline {
-            return Err(StageError::Timeout {
-                what: what.to_string(),
-                timeout,
-                last,
-            });
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as u64)
-        .unwrap_or(0)
 }
