@@ -55,6 +55,49 @@ impl Ctl {
         Ok(path)
     }
 
+    /// Writes one rollout per node of `province` that moves the node's toll
+    /// app deployment to `version`, applies the file and returns the
+    /// rollout names.
+    ///
+    /// A rollout moves one deployment, and the demo has one deployment per
+    /// node (see [`Ctl::apply_toll_app`]), so each rollout has one wave of
+    /// one node. The controller still prefetches, switches and waits for
+    /// the app to settle on the new image, as for a province-wide rollout.
+    // NOTE: waves, thresholds and pairs are therefore not exercised here;
+    // the controller's own tests cover them on simulated fleets.
+    pub fn apply_rollouts(
+        &self,
+        province: &ProvinceFiles,
+        version: &str,
+        dir: &Path,
+    ) -> Result<Vec<String>, CtlError> {
+        let names: Vec<String> = province
+            .nodes
+            .iter()
+            .map(|node| rollout_name(node, version))
+            .collect();
+        let documents: Vec<String> = province
+            .nodes
+            .iter()
+            .map(|node| rollout_yaml(node, version))
+            .collect();
+        let path = dir.join(format!("rollout-{}-{version}.yaml", province.province));
+        std::fs::write(&path, documents.join("---\n")).map_err(|err| CtlError {
+            args: format!("apply -f {}", path.display()),
+            status: "not run".to_string(),
+            stderr: format!("cannot write the file: {err}"),
+        })?;
+        let file = path.display().to_string();
+        self.run(province, &["apply", "-f", &file])?;
+        println!("  tollwayctl apply -f {file}");
+        Ok(names)
+    }
+
+    /// Returns the output of `tollwayctl rollout status NAME`.
+    pub fn rollout_status(&self, province: &ProvinceFiles, name: &str) -> Result<String, CtlError> {
+        self.run(province, &["rollout", "status", name])
+    }
+
     /// Deletes the toll app deployment of every node of `province`, so its
     /// apps stop and write their final counts.
     pub fn delete_toll_app(&self, province: &ProvinceFiles) -> Result<(), CtlError> {
@@ -112,6 +155,31 @@ impl Ctl {
 /// Returns the name of `node`'s toll app deployment.
 pub fn deployment_name(node: &NodeFiles) -> String {
     format!("toll-app-{}", node.plan.id)
+}
+
+/// Returns the name of the rollout of `node`'s toll app to `version`.
+pub fn rollout_name(node: &NodeFiles, version: &str) -> String {
+    format!("upgrade-{}-{}", node.plan.id, version.replace('.', "-"))
+}
+
+/// Returns the YAML of the rollout of `node`'s toll app to `version`: one
+/// wave, a settle time above the daemons' 2 s reconcile interval, and
+/// short timeouts because the images are local.
+fn rollout_yaml(node: &NodeFiles, version: &str) -> String {
+    format!(
+        r#"kind: Rollout
+name: {name}
+deployment: {deployment}
+image: localhost/tollway/toll-app:{version}
+waves:
+  - percent: 100
+settle_s: 5
+prefetch_timeout_s: 60
+wave_timeout_s: 120
+"#,
+        name = rollout_name(node, version),
+        deployment = deployment_name(node),
+    )
 }
 
 /// Returns the YAML of `node`'s toll app deployment at `version`.

@@ -35,6 +35,10 @@ pub struct NodeReport {
     /// Time between the old version's last acknowledged record and the new
     /// version's first, in milliseconds; absent when the switch was not seen.
     pub rollout_interruption_ms: Option<u64>,
+    /// The switch time that the node reported in its status for the
+    /// rollout (old container's stop request to new container running), in
+    /// milliseconds.
+    pub node_switch_ms: Option<u64>,
 }
 
 /// Counters of one province's centre.
@@ -213,7 +217,8 @@ impl Report {
             text("province", "省中心"),
             text("national", "部中心"),
             text("missing", "缺失"),
-            text("switch gap", "升级中断"),
+            text("switch", "切换"),
+            text("ack gap", "确认中断"),
         ];
         let mut rows: Vec<Vec<String>> = self
             .nodes
@@ -228,9 +233,8 @@ impl Report {
                     node.stored_in_province.to_string(),
                     node.stored_nationally.to_string(),
                     node.missing.to_string(),
-                    node.rollout_interruption_ms
-                        .map(|ms| format!("{ms} ms"))
-                        .unwrap_or_else(|| "-".to_string()),
+                    milliseconds(node.node_switch_ms),
+                    milliseconds(node.rollout_interruption_ms),
                 ]
             })
             .collect();
@@ -244,6 +248,7 @@ impl Report {
             t.stored_in_provinces.to_string(),
             t.stored_nationally.to_string(),
             t.missing.to_string(),
+            String::new(),
             String::new(),
         ]);
         out += &table(&header, &rows);
@@ -330,6 +335,12 @@ impl Report {
         }
         out
     }
+}
+
+fn milliseconds(value: Option<u64>) -> String {
+    value
+        .map(|ms| format!("{ms} ms"))
+        .unwrap_or_else(|| "-".to_string())
 }
 
 /// Renders rows under a header with columns padded to their widest cell.

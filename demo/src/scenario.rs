@@ -3,6 +3,7 @@
 //! daemon meanwhile, restore the link, stop the apps and wait until every
 //! record is home. Each wait is bounded and names what it waited for.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,8 @@ const APP_START_TIMEOUT: Duration = Duration::from_secs(120);
 const APP_STOP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the demo waits for every record to reach the national store.
 const HOME_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long the rollouts get to complete on every node.
+const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long the killed daemon stays down.
 const CRASH_DOWNTIME: Duration = Duration::from_secs(3);
 
@@ -111,16 +114,23 @@ pub fn run(
         "Rolling out the toll app 1.1.0",
         "滚动升级收费应用至 1.1.0",
     ));
-    // NOTE: the switch applies the deployments again with the new image, so
-    // every node switches at once. A staged `kind: Rollout` with per-node
-    // interruption in node status replaces this once tollwayctl has it.
-    events.rollout_method =
-        "deployment update with tollwayctl apply, all nodes at once".to_string();
+    events.rollout_method = "one kind: Rollout per node's deployment, tollwayctl apply".to_string();
+    let mut rollouts = Vec::new();
     for province in &cluster.provinces {
-        ctl.apply_toll_app(province, NEXT_VERSION, run_dir)?;
+        for name in ctl.apply_rollouts(province, NEXT_VERSION, run_dir)? {
+            rollouts.push((province.clone(), name));
+        }
     }
+    let switch_ms = wait_rollouts(&rollouts)?;
     wait_apps_acking(cluster, NEXT_VERSION)?;
-    print_interruptions(cluster);
+    if let Some((province, name)) = rollouts.first() {
+        println!("\n$ tollwayctl rollout status {name}");
+        match ctl.rollout_status(province, name) {
+            Ok(output) => println!("{output}"),
+            Err(err) => println!("  {err}"),
+        }
+    }
+    print_interruptions(cluster, &switch_ms);
 
     pause(timing.steady_after_rollout)?;
 
@@ -154,7 +164,7 @@ pub fn run(
         println!("  {err}");
     }
 
-    let mut report = collect(cluster, window, events)?;
+    let mut report = collect(cluster, window, events, &switch_ms)?;
     if let Some(province) = report
         .provinces
         .iter_mut()
@@ -274,6 +284,46 @@ fn catch_up(
     Ok(caught_up)
 }
 
+/// Waits until every rollout has completed and returns, by node, the
+/// interruption that the node reported for its switch (`switch_ms`).
+fn wait_rollouts(
+    rollouts: &[(ProvinceFiles, String)],
+) -> Result<BTreeMap<String, u64>, StageError> {
+    let mut switch_ms = BTreeMap::new();
+    wait("every rollout to complete", ROLLOUT_TIMEOUT, || {
+        let mut pending = Vec::new();
+        for (province, name) in rollouts {
+            let view = get_json(province.controller_port, &format!("/v1/rollouts/{name}"))
+                .map_err(|err| err.to_string())?;
+            let state = view["state"].as_str().unwrap_or("unknown");
+            match state {
+                "completed" => {
+                    for node in view["nodes"].as_array().into_iter().flatten() {
+                        if let (Some(id), Some(ms)) =
+                            (node["node"].as_str(), node["switch_ms"].as_u64())
+                        {
+                            switch_ms.insert(id.to_string(), ms);
+                        }
+                    }
+                }
+                "paused" | "aborted" | "rejected" => {
+                    return Err(format!(
+                        "rollout {name} is {state}: {}",
+                        view["reason"].as_str().unwrap_or("no reason given")
+                    ));
+                }
+                _ => pending.push(format!("{name} ({state})")),
+            }
+        }
+        if pending.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("not completed: {}", pending.join(", ")))
+        }
+    })?;
+    Ok(switch_ms)
+}
+
 /// Waits until the app `version` on every node has had records acknowledged.
 fn wait_apps_acking(cluster: &Cluster, version: &str) -> Result<(), StageError> {
     let nodes = all_nodes(cluster);
@@ -359,10 +409,17 @@ fn wait_home(cluster: &Cluster, window: (u64, u64)) -> Result<(), StageError> {
 }
 
 /// Reads every count of the report from the apps and the services.
-fn collect(cluster: &Cluster, window: (u64, u64), events: Events) -> Result<Report, StageError> {
+fn collect(
+    cluster: &Cluster,
+    window: (u64, u64),
+    events: Events,
+    switch_ms: &BTreeMap<String, u64>,
+) -> Result<Report, StageError> {
     let mut nodes = Vec::new();
     for node in all_nodes(cluster) {
-        nodes.push(node_report(cluster, &node, window)?);
+        let mut report = node_report(cluster, &node, window)?;
+        report.node_switch_ms = switch_ms.get(&node.plan.id).copied();
+        nodes.push(report);
     }
     let mut provinces = Vec::new();
     for province in &cluster.provinces {
@@ -393,15 +450,23 @@ fn collect(cluster: &Cluster, window: (u64, u64), events: Events) -> Result<Repo
     Ok(report)
 }
 
-fn print_interruptions(cluster: &Cluster) {
+/// Prints each node's switch time as the node reported it, and the gap its
+/// app saw between acknowledged records.
+fn print_interruptions(cluster: &Cluster, switch_ms: &BTreeMap<String, u64>) {
     for node in all_nodes(cluster) {
-        if let Some(ms) = interruption_ms(&node.counts_dir) {
-            println!(
-                "  {}: {} {ms} ms",
-                node.plan.id,
-                text("no record acknowledged for", "无记录被确认的时长")
-            );
-        }
+        let reported = switch_ms
+            .get(&node.plan.id)
+            .map(|ms| format!("{ms} ms"))
+            .unwrap_or_else(|| "-".to_string());
+        let acked = interruption_ms(&node.counts_dir)
+            .map(|ms| format!("{ms} ms"))
+            .unwrap_or_else(|| "-".to_string());
+        println!(
+            "  {}: {} {reported}{} {acked}",
+            node.plan.id,
+            text("switch reported by the node", "节点上报的切换时间"),
+            text(", no record acknowledged for", "，无记录被确认的时长"),
+        );
     }
 }
 

@@ -82,7 +82,11 @@ fn short_demo_loses_no_record() {
         );
         assert!(
             node["rollout_interruption_ms"].is_u64(),
-            "{id}: no rollout interruption measured"
+            "{id}: no acknowledgement gap measured at the rollout"
+        );
+        assert!(
+            node["node_switch_ms"].is_u64(),
+            "{id}: the node reported no switch time for the rollout"
         );
         assert_eq!(containers_of(id), "", "{id}: containers left behind");
     }
