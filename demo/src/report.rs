@@ -1,7 +1,8 @@
 //! The completeness report: what every stage counted, per node, province
-//! and nation, read from the real services (the apps' counts files, the
-//! provincial and national query APIs and their counters), and the checks
-//! that every acknowledged record reached the national store exactly once.
+//! and nation. Every count is read from the apps' counts files, the
+//! provincial and national query APIs and the services' counters. The
+//! checks prove that every acknowledged record reached the national store
+//! exactly once.
 
 use serde::Serialize;
 
@@ -17,8 +18,8 @@ pub struct NodeReport {
     pub produced: u64,
     /// Records the node's intake acknowledged to the apps (PUBACK).
     pub acked_by_intake: u64,
-    /// Records generated but unacknowledged when an app stopped; the app
-    /// never handed them over, so nobody owes them.
+    /// Records generated but unacknowledged when an app stopped. The app
+    /// never handed them over, so no later stage has to store them.
     pub unacked_at_app_stop: u64,
     /// The node's highest contiguous outbox seq that the province stored:
     /// every record the intake accepted, once all are home.

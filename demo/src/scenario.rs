@@ -1,7 +1,8 @@
-//! The demo's stages, in order: deploy the toll app, show the fleet, switch
-//! the app to a new version, cut one province's national link and crash a
-//! daemon meanwhile, restore the link, stop the apps and wait until every
-//! record is home. Each wait is bounded and names what it waited for.
+//! The demo's stages, in order. They deploy the toll app, show the fleet and
+//! roll the app out to a new version. Then they cut one province's national
+//! link, crash a daemon meanwhile and restore the link. Finally they stop
+//! the apps and wait until every record is home. Each wait is bounded and
+//! names what it waited for.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -251,10 +252,10 @@ fn outage(
     Ok((max_backlog, Instant::now()))
 }
 
-/// Lets traffic run for `duration` after the link came back at `link_back`,
-/// and returns how long the national store took to acknowledge every record
-/// that `province` had stored when the link came back; `None` when it took
-/// longer than `duration`.
+/// Lets traffic run for `duration` after the link came back at `link_back`.
+/// Returns how long the national store took to acknowledge every record
+/// that `province` had stored by then, or `None` when that took longer than
+/// `duration`.
 fn catch_up(
     cluster: &Cluster,
     province: &ProvinceFiles,
@@ -368,9 +369,9 @@ fn wait_apps_stopped(cluster: &Cluster) -> Result<(), StageError> {
     })
 }
 
-/// Waits until, for every node, the national store holds as many records of
-/// its gantry as the provincial store, and the province holds every seq the
-/// apps were acknowledged.
+/// Waits until, for every node, the national store contains as many records
+/// of its gantry as the provincial store, and the province contains every
+/// seq that the apps were acknowledged.
 fn wait_home(cluster: &Cluster, window: (u64, u64)) -> Result<(), StageError> {
     let nodes = all_nodes(cluster);
     let mut last_print = Instant::now();
