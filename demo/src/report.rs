@@ -257,16 +257,16 @@ impl Report {
 
         for province in &self.provinces {
             out += &format!(
-                "{} {}{} {} {}{} {} {}{} {} {}\n",
+                "{} {}{}{} {}{}{} {}{}{} {}\n",
                 text("province", "省份"),
                 province.province,
-                text(":", "："),
+                text(": ", "："),
                 text("stored", "存储"),
                 province.records_stored,
-                text(",", "，"),
+                text(", ", "，"),
                 text("duplicates dropped", "丢弃重复"),
                 province.duplicates_dropped,
-                text(",", "，"),
+                text(", ", "，"),
                 text("forwarded nationally through seq", "部中心确认转发至序号"),
                 province.national_forward_through,
             );
@@ -282,34 +282,34 @@ impl Report {
             }
         }
         out += &format!(
-            "{}{} {} {}{} {} {}\n",
+            "{}{}{} {}{}{} {}\n",
             text("national", "部中心"),
-            text(":", "："),
+            text(": ", "："),
             text("stored", "存储"),
             self.national.records_stored,
-            text(",", "，"),
+            text(", ", "，"),
             text("duplicates dropped", "丢弃重复"),
             self.national.duplicates_dropped,
         );
         let events = &self.events;
         out += &format!(
-            "{}{} {} -> {} ({})\n",
+            "{}{}{} -> {} ({})\n",
             text("rollout", "版本升级"),
-            text(":", "："),
+            text(": ", "："),
             events.rollout_from,
             events.rollout_to,
             events.rollout_method
         );
         out += &format!(
-            "{} {} {} {} s{} {} {}\n",
+            "{} {} {} {} s{}{}{}\n",
             text("outage: province", "断网：省份"),
             events.cut_province,
             text("cut from the national centre for", "与部中心断开"),
             events.cut_seconds,
-            text(";", "；"),
+            text("; ", "；"),
             text(
-                "edge daemon killed with SIGKILL and restarted:",
-                "被 SIGKILL 杀死并重启的边缘守护进程："
+                "edge daemon killed with SIGKILL and restarted: ",
+                "被 SIGKILL 杀死并重启的边缘守护进程：",
             ),
             events.killed_node,
         );
