@@ -129,9 +129,14 @@ pub struct ForwarderConfig {
     #[serde(default = "default_window")]
     pub window_records: u64,
     /// Seconds without an acknowledgement after which the whole window is
-    /// sent again.
+    /// sent again the first time.
     #[serde(default = "default_resend_after_s")]
     pub resend_after_s: u64,
+    /// Largest wait between resends while no acknowledgement comes. Waits
+    /// grow from `resend_after_s` with jitter up to this, so a long national
+    /// outage costs few duplicate copies.
+    #[serde(default = "default_resend_cap_s")]
+    pub resend_cap_s: u64,
 }
 
 /// National ingest of forwarded records.
@@ -204,6 +209,9 @@ fn default_window() -> u64 {
 }
 fn default_resend_after_s() -> u64 {
     30
+}
+fn default_resend_cap_s() -> u64 {
+    120
 }
 fn default_max_records() -> usize {
     10_000
@@ -317,6 +325,13 @@ impl Config {
                 forwarder.resend_after_s,
                 1,
             );
+            if forwarder.resend_cap_s < forwarder.resend_after_s {
+                problems.push(
+                    "forwarder.resend_cap_s",
+                    forwarder.resend_cap_s,
+                    "must be at least forwarder.resend_after_s",
+                );
+            }
         }
         if let Some(national) = &self.national_ingest {
             check_group(&mut problems, "national_ingest.group", &national.group);

@@ -5,9 +5,17 @@
 //!
 //! The forwarder keeps at most `window_records` seqs sent but unacknowledged.
 //! It sends the whole window again when no acknowledgement has moved it for
-//! `resend_after_s`, and after every reconnect of its publisher, because
-//! rumqttc drops queued publishes when a reconnect finds no session. The
-//! national store drops the duplicates this causes.
+//! `resend_after_s`, then after waits that grow with jitter up to
+//! `resend_cap_s` while none comes (the one `Backoff`), and after every
+//! reconnect of its publisher, because rumqttc drops queued publishes when a
+//! reconnect finds no session. The national store drops the duplicates this
+//! causes. While the national link is cut, the provincial broker queues each
+//! resent copy for the bridge, so the growing wait keeps an outage of hours
+//! from filling that queue with copies.
+//!
+//! NOTE: after the link returns, forwarding resumes at the next resend, up
+//! to `resend_cap_s` later. The bridge's retained state on the provincial
+//! broker says when the link is back; resending on that is not built yet.
 //!
 //! NOTE: forwarding seqs are per store, and ForwardBatch names only the
 //! province. Two ingest processes of one province that both run a forwarder
@@ -19,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use tollway_runtime::{CancellationToken, Shutdown};
+use tollway_runtime::{Backoff, BackoffConfig, CancellationToken, Shutdown};
 use tollway_topics::topic::center_filter;
 use tollway_topics::{CenterKind, Compression, ForwardBatch, Message, Province, RecordAck, Topic};
 
@@ -72,7 +80,10 @@ pub fn start(
         publisher,
         batch_records: config.batch_records,
         window: config.window_records,
-        resend_after: Duration::from_secs(config.resend_after_s),
+        resend: BackoffConfig::new(
+            Duration::from_secs(config.resend_after_s),
+            Duration::from_secs(config.resend_cap_s),
+        ),
     };
     let token = shutdown.token();
     shutdown.spawn("forwarder", async move {
@@ -90,7 +101,7 @@ struct Forwarder {
     publisher: Publisher,
     batch_records: usize,
     window: u64,
-    resend_after: Duration,
+    resend: BackoffConfig,
 }
 
 /// Progress of forwarding.
@@ -99,8 +110,13 @@ struct Window {
     acked: u64,
     /// Highest forwarding seq sent; `acked` when nothing is outstanding.
     sent: u64,
-    /// When the acknowledgement last moved or the window last opened.
+    /// When the acknowledgement last moved, the window last opened or it
+    /// was last sent again.
     since: Instant,
+    /// How long to wait from `since` before sending the window again.
+    resend_in: Duration,
+    /// Grows `resend_in` while no acknowledgement comes.
+    backoff: Backoff,
 }
 
 impl Forwarder {
@@ -114,6 +130,8 @@ impl Forwarder {
             acked,
             sent: acked,
             since: Instant::now(),
+            resend_in: Duration::from_millis(self.resend.base_ms),
+            backoff: Backoff::new(self.resend),
         };
         let mut connections = self.publisher.connections();
         let mut tick = tokio::time::interval(POLL_INTERVAL);
@@ -133,8 +151,9 @@ impl Forwarder {
                     self.rewind(&mut window, "publisher reconnected");
                 }
                 _ = tick.tick() => {
-                    if window.sent > window.acked && window.since.elapsed() >= self.resend_after {
-                        self.rewind(&mut window, "no acknowledgement within resend_after_s");
+                    if window.sent > window.acked && window.since.elapsed() >= window.resend_in {
+                        self.rewind(&mut window, "no acknowledgement in time");
+                        window.resend_in = window.backoff.next_delay();
                     }
                     self.fill_window(&mut window).await?;
                 }
@@ -165,6 +184,8 @@ impl Forwarder {
                 .await?;
             window.sent = window.sent.max(window.acked);
             window.since = Instant::now();
+            window.backoff.reset();
+            window.resend_in = Duration::from_millis(self.resend.base_ms);
             tracing::debug!(province = %self.province, acked = window.acked, "national centre acknowledged");
         }
         delivery.ack().await;
@@ -175,7 +196,7 @@ impl Forwarder {
     fn rewind(&self, window: &mut Window, reason: &str) {
         if window.sent > window.acked {
             Stats::add(&self.stats.forward_resends, 1);
-            tracing::info!(province = %self.province, from = window.acked + 1, to = window.sent, reason, "resending the forwarding window");
+            tracing::info!(province = %self.province, from = window.acked + 1, to = window.sent, reason, wait_ms = window.resend_in.as_millis() as u64, "resending the forwarding window");
         }
         window.sent = window.acked;
         window.since = Instant::now();

@@ -314,6 +314,7 @@ reconcile_interval_s = 20
 [forwarder]
 province = {province}
 resend_after_s = 5
+resend_cap_s = 10
 
 [query]
 bind = "127.0.0.1:{query_port}"

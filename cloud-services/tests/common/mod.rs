@@ -128,8 +128,9 @@ impl Center {
         }
         if spec.forwarder {
             text += &format!(
-                "\n[forwarder]\nprovince = 44\nbatch_records = 8\nwindow_records = 64\nresend_after_s = {}\n",
-                spec.resend_after_s
+                "\n[forwarder]\nprovince = 44\nbatch_records = 8\nwindow_records = 64\nresend_after_s = {}\nresend_cap_s = {}\n",
+                spec.resend_after_s,
+                spec.resend_after_s * 2
             );
         }
         if spec.national {
