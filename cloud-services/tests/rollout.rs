@@ -574,6 +574,72 @@ async fn offline_node_neither_blocks_nor_is_forgotten() {
     assert_eq!(desired.apps[0].image, NEW, "{desired:?}");
 }
 
+/// A node that goes offline in the middle of its switch may finish it the
+/// moment it reconnects, so its gantry partner waits `wave_timeout_s` from
+/// that switch before switching itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partner_waits_for_a_node_lost_mid_switch() {
+    let province = Province::start();
+    let labels = gantry_fleet(2);
+    let mut fleet = SimFleet::start(&province.files, labels).await;
+    let deployment = province.write("deployment.yaml", DEPLOYMENT);
+    province.ctl.ok(&["apply", "-f", &deployment]);
+    province.wait_app_running(2);
+
+    // A long settle time keeps the first node switching; the wave timeout
+    // is the hold.
+    let rollout = rollout_yaml("  - percent: 100", 30, false)
+        .replace("wave_timeout_s: 120", "wave_timeout_s: 8");
+    let rollout = province.write("rollout.yaml", &rollout);
+    province.ctl.ok(&["apply", "-f", &rollout]);
+    let phase = |view: &Value, id: &str| {
+        view["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|node| node["node"] == id)
+            .map(|node| node["phase"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    let switching = province.wait_rollout("one node to switch", Duration::from_secs(30), |view| {
+        ["n00000", "n00001"]
+            .iter()
+            .any(|id| phase(view, id) == "switching")
+    });
+    let (lost, partner) = if phase(&switching, "n00000") == "switching" {
+        ("n00000", "n00001")
+    } else {
+        ("n00001", "n00000")
+    };
+    assert_eq!(phase(&switching, partner), "prefetching");
+
+    fleet.disconnect(lost);
+    wait_for("the node to be offline", Duration::from_secs(15), || {
+        let node = http_json(province.api_port, &format!("/v1/nodes/{lost}"));
+        if node["online"] == false {
+            Ok(())
+        } else {
+            Err(node.to_string())
+        }
+    });
+    let offline_at = std::time::Instant::now();
+    while offline_at.elapsed() < Duration::from_secs(2) {
+        let view = province.ctl.rollout_status("toll-app-1-1").unwrap();
+        assert_eq!(
+            phase(&view, partner),
+            "prefetching",
+            "{partner} switched while {lost} was lost mid-switch"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // After the hold the partner goes on, so one lost node cannot keep
+    // its gantry on the old image.
+    province.wait_rollout("the partner to switch", Duration::from_secs(30), |view| {
+        phase(view, partner) == "switching"
+    });
+}
+
 /// Returns how many nodes of a rollout view have been switched.
 fn switched_count(view: &Value) -> usize {
     view["nodes"]
