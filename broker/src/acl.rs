@@ -3,13 +3,13 @@
 //! `{node}` is its client id, which the authenticator has already tied to
 //! the certificate's CN.
 //!
-//! This replaces the `rmqtt-acl` plugin. Its `%u` placeholder rules are
-//! expanded by a task spawned on `ClientConnected`, which races the
-//! client's first packets: on a busy broker a node's first SUBSCRIBE was
-//! refused (so it never got its acknowledgements or desired state) and its
-//! first PUBLISH disconnected it. The check here is a prefix comparison on
-//! the session's own client id, with no state per client, so it cannot
-//! race and costs nothing to keep.
+//! This replaces the `rmqtt-acl` plugin. That plugin expands its `%u`
+//! placeholder rules in a task spawned on `ClientConnected`, which races
+//! the client's first packets. On a busy broker a node's first SUBSCRIBE
+//! was rejected, so it never got its acknowledgements or desired state, and
+//! its first PUBLISH disconnected it. The check here compares the topic
+//! with a prefix built from the session's own client id. It keeps no state
+//! per client, so it cannot race.
 //!
 //! Password logins are superusers; rmqtt skips ACL hooks for them.
 
@@ -30,7 +30,7 @@ impl NodeAcl {
         NodeAcl { province }
     }
 
-    /// Whether node `client_id` may use `topic`, a topic name or filter.
+    /// Reports whether node `client_id` may use `topic`, a topic name or filter.
     /// The node's own topic and everything below it are allowed; wildcards
     /// are allowed only below it, so `+` cannot stand for the node id.
     fn allows(&self, client_id: &str, topic: &str) -> bool {
@@ -52,7 +52,7 @@ impl Handler for NodeAcl {
                 let result = if self.allows(client_id, filter) {
                     SubscribeAclResult::new_success(subscribe.opts.qos(), None)
                 } else {
-                    tracing::warn!(%client_id, filter = %filter, "subscription outside the node's topics refused");
+                    tracing::warn!(%client_id, filter = %filter, "subscription outside the node's topics rejected");
                     SubscribeAclResult::new_failure(SubscribeAckReason::NotAuthorized)
                 };
                 (false, Some(HookResult::SubscribeAclResult(result)))
@@ -65,7 +65,7 @@ impl Handler for NodeAcl {
                 } else {
                     // A node publishing outside its subtree is broken or
                     // compromised; the broker disconnects it.
-                    tracing::warn!(%client_id, topic = %publish.topic, "publish outside the node's topics refused; disconnecting");
+                    tracing::warn!(%client_id, topic = %publish.topic, "publish outside the node's topics rejected; disconnecting the node");
                     PublishAclResult::rejected(true, None)
                 };
                 (false, Some(HookResult::PublishAclResult(result)))

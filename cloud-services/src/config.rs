@@ -75,7 +75,7 @@ pub struct StoreConfig {
     /// Directory of the RocksDB database; created when missing.
     pub path: PathBuf,
     /// Days a record stays after it was stored. It is deleted after that
-    /// only once the next hop holds it (the national centre acknowledged it,
+    /// only once the next hop has it (the national centre acknowledged it,
     /// or, in the national store, its province's forwarding watermark covers
     /// it); until then it stays, however old. Retention runs in a process
     /// with a `[forwarder]` or `[national_ingest]` section.

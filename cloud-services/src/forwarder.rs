@@ -14,8 +14,9 @@
 //! from filling that queue with copies.
 //!
 //! NOTE: after the link returns, forwarding resumes at the next resend, up
-//! to `resend_cap_s` later. The bridge's retained state on the provincial
-//! broker says when the link is back; resending on that is not built yet.
+//! to `resend_cap_s` later. The bridge publishes its state retained on the
+//! provincial broker, but the forwarder does not yet resend when it changes
+//! to online.
 //!
 //! NOTE: forwarding seqs are per store, and ForwardBatch names only the
 //! province. Two ingest processes of one province that both run a forwarder
@@ -130,7 +131,7 @@ impl Forwarder {
             acked,
             sent: acked,
             since: Instant::now(),
-            resend_in: Duration::from_millis(self.resend.base_ms),
+            resend_in: self.first_resend(),
             backoff: Backoff::new(self.resend),
         };
         let mut connections = self.publisher.connections();
@@ -185,7 +186,7 @@ impl Forwarder {
             window.sent = window.sent.max(window.acked);
             window.since = Instant::now();
             window.backoff.reset();
-            window.resend_in = Duration::from_millis(self.resend.base_ms);
+            window.resend_in = self.first_resend();
             tracing::debug!(province = %self.province, acked = window.acked, "national centre acknowledged");
         }
         delivery.ack().await;
@@ -248,6 +249,11 @@ impl Forwarder {
             Stats::add(&self.stats.forward_batches_sent, 1);
             tracing::debug!(%province, first_seq = from, count, "forward batch sent");
         }
+    }
+
+    /// Returns the wait before the first resend of an unacknowledged window.
+    fn first_resend(&self) -> Duration {
+        Duration::from_millis(self.resend.base_ms)
     }
 
     async fn blocking<T: Send + 'static>(

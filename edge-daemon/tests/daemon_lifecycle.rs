@@ -1,7 +1,7 @@
 //! An app's life on a node, driven through the whole `tollway-edge` process
-//! rather than its app manager: a centre publishes desired states retained
-//! on the real `tollway-broker`, the daemon acts on them in real Podman, and
-//! the test reads the daemon's status and Podman's containers.
+//! rather than its app manager. A centre publishes desired states retained
+//! on the real `tollway-broker`, and the daemon acts on them in real Podman.
+//! The test reads the daemon's status and Podman's containers.
 //!
 //! In order: deploy with a next image (prefetched and reported ready), the
 //! switch to that image, an invalid desired state (rejected in status, the
@@ -23,7 +23,7 @@ use node::{Centre, Containers, Node, NodeOptions};
 
 const PATIENCE: Duration = Duration::from_secs(90);
 
-/// The node's one running toll-app container: its id and image.
+/// Returns the id and image of the node's one running toll-app container.
 fn running_app(node: &str) -> Option<(String, String)> {
     let filter_node = format!("label=io.tollway.node={node}");
     let listed = podman::podman(&[

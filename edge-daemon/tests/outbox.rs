@@ -98,8 +98,8 @@ async fn ack_moves_watermark_and_pending_skips_delivered() {
     assert_eq!(stats.oldest_undelivered_age, None);
 }
 
-/// An app that missed its PUBACK sends the record again: the outbox answers
-/// with no new seq, in the same group, in later groups and after a reopen,
+/// An app that missed its PUBACK sends the record again. The outbox returns
+/// no new seq, in the same group, in later groups and after a reopen,
 /// and forgets the record only when retention prunes it.
 #[tokio::test]
 async fn resent_record_takes_no_new_seq() {

@@ -110,9 +110,9 @@ fn dn(cn: &str) -> DistinguishedName {
     name
 }
 
-/// The `--log` filter for every program a test starts: `TOLLWAY_TEST_LOG`
-/// when set (for example `info,rmqtt=debug` to follow one failing test),
-/// otherwise `info`.
+/// Returns the `--log` filter for every program a test starts:
+/// `TOLLWAY_TEST_LOG` when set (for example `info,rmqtt=debug` to follow
+/// one failing test), otherwise `info`.
 pub fn log_filter() -> String {
     std::env::var("TOLLWAY_TEST_LOG").unwrap_or_else(|_| "info".to_string())
 }

@@ -4,10 +4,10 @@
 //! once. The kernel may hand the same port to the next process that binds
 //! port 0, and it uses the same range for outgoing connections. A broker
 //! could then find its port taken, or a test could reach another test's
-//! broker. Ports here come from below the kernel's ephemeral range instead,
-//! and each one is claimed with a lock file that this process holds until it
-//! exits, so two processes never share a port and the kernel never picks it
-//! for a client socket.
+//! broker. Ports here come from 20000-31999 instead, below Linux's default
+//! ephemeral range (32768-60999), so the kernel does not pick them for
+//! client sockets. Each one is claimed with a lock file that this process
+//! keeps locked until it exits, so two test processes never share a port.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -31,7 +31,7 @@ static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 ///
 /// # Panics
 /// When every port of the range is taken or the lock directory cannot be
-/// created; both mean the machine is not fit to run the tests.
+/// created. Either means the machine is not fit to run the tests.
 pub fn reserve() -> u16 {
     let dir = lock_dir();
     std::fs::create_dir_all(&dir)

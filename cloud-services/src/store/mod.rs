@@ -20,7 +20,7 @@
 //! any acknowledgement is sent. One writer lock serialises the
 //! read-modify-write of watermarks and counters.
 //!
-//! Records leave after a retention window once the next hop holds them
+//! Records are deleted after a retention window once the next hop has them
 //! (`retention.rs`).
 
 mod error;

@@ -1,7 +1,7 @@
 //! Retention: deleting old records once the next hop has them.
 //!
-//! A record goes when it was stored more than the retention window ago and
-//! the next hop holds it: in a provincial store, the national centre has
+//! A record is deleted when it was stored more than the retention window
+//! ago and the next hop has it. In a provincial store, the national centre has
 //! acknowledged its forwarding seq; in the national store, its province's
 //! forwarding watermark covers it. Records are visited in forwarding order,
 //! which is storage order, so a pass stops at the first record that must
@@ -12,11 +12,11 @@
 //! duplicate in a provincial store, which compares the node's seq with the
 //! node's watermark. The national store recognises duplicates by the
 //! record's presence, so a forwarded record sent again after it was pruned
-//! would be stored again, as its only copy; a province resends only
+//! would be stored again, as its only copy. A province resends only
 //! batches it has no acknowledgement for, which are minutes old, not a
 //! retention window.
 //!
-//! NOTE: hourly summaries (`summaries_done`) are not pruned yet; they are
+//! NOTE: hourly summaries (`summaries_done`) are not pruned yet. They are
 //! one small entry per node, gantry and hour.
 
 use std::collections::HashSet;
@@ -31,7 +31,7 @@ use super::{
     corrupt, keys_default, synced,
 };
 
-/// Which records a store may prune.
+/// The records a store may prune.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PruneScope {
     /// A provincial store: its own records, up to the national centre's
@@ -42,7 +42,7 @@ pub enum PruneScope {
     National,
 }
 
-/// What one prune pass did.
+/// The outcome of one prune pass.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PruneReport {
     /// Records deleted.
@@ -53,7 +53,7 @@ pub struct PruneReport {
 
 impl RecordStore {
     /// Deletes at most `max` records stored before `cutoff_ms` that the next
-    /// hop already holds (see the module comment).
+    /// hop already has (see the module comment).
     pub fn prune(
         &self,
         scope: PruneScope,
@@ -157,7 +157,7 @@ impl RecordStore {
         Ok(report)
     }
 
-    /// The highest forwarding seq of `province` that the next hop holds.
+    /// Returns the highest forwarding seq of `province` that the next hop has.
     fn covered_through(&self, scope: PruneScope, province: Province) -> Result<u64, StoreError> {
         match scope {
             PruneScope::Province(_) => self.read_u64(keys_default(), FORWARD_ACKED_KEY),
@@ -195,7 +195,7 @@ mod tests {
             .len()
     }
 
-    /// Every record counts as expired.
+    /// Returns a cutoff after every record's storage time.
     fn all_expired() -> u64 {
         super::super::now_ms() + 1
     }

@@ -1,5 +1,5 @@
-//! The transaction id index: which seq holds each stored record, by the
-//! record's `transaction_id`.
+//! The transaction id index: the seq of each stored record, looked up by
+//! the record's `transaction_id`.
 //!
 //! An app that loses a PUBACK (its connection drops after the outbox
 //! committed the record but before the acknowledgement arrived) publishes

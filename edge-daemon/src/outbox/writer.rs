@@ -53,7 +53,7 @@ pub(crate) struct AppendRequest {
     pub reply: oneshot::Sender<Result<Appended, OutboxError>>,
 }
 
-/// What one append stored.
+/// The outcome of one append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
     /// Seqs given to the records that were new; `None` when every record of

@@ -399,9 +399,9 @@ fn is_online(inputs: &Inputs<'_>, node: &str) -> bool {
 /// a node with the same pair label value is switching.
 ///
 /// A node that went offline while switching may finish its switch the
-/// moment it reconnects, so it holds its partner back for `wave_timeout_s`
-/// after its switch began. After that the partner switches, so that one
-/// lost node cannot hold a gantry on the old image for good.
+/// moment it reconnects, so its partner waits `wave_timeout_s` after that
+/// switch began. After that the partner switches, so that one lost node
+/// cannot keep a gantry on the old image for good.
 ///
 /// NOTE: a node offline longer than that which reconnects while its
 /// partner switches switches at the same time.
@@ -450,12 +450,12 @@ fn switch_eligible(record: &mut RolloutRecord, inputs: &Inputs<'_>, last: usize,
 }
 
 /// Moves a paused rollout's nodes back to the previous image under the
-/// pair rule: a node goes back only while no node with the same pair label
+/// pair rule. A node goes back only while no node with the same pair label
 /// value is going back, and it is back once it reports the app running the
-/// previous image. Failed nodes go first, since they serve nothing on the
-/// new image; their partners keep serving until then. An offline node goes
-/// back at once: its desired state names the previous image when it
-/// returns.
+/// previous image. Failed nodes go first, because they serve nothing on the
+/// new image, and their partners keep serving until then. An offline node
+/// goes back at once, because its desired state names the previous image
+/// when it returns.
 ///
 /// NOTE: as in `switch_eligible`, an offline node that returns while its
 /// partner is going back goes back at the same time.
