@@ -80,5 +80,6 @@ async fn forwarding_through_bridge_survives_outages() {
     let seqs: Vec<u64> = records.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
     assert_eq!(national_center.stat("national_records_stored"), 40);
+    assert_eq!(national_center.stored_through("n1"), 40);
     assert_eq!(province_center.stat("records_stored"), 40);
 }

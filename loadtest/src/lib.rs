@@ -4,15 +4,20 @@
 //!
 //! Every scenario sends traffic only to loopback addresses and ends by
 //! itself within bounds set by its options. The `tollway-loadtest` program
-//! is a thin command line over [`storm`] and [`idle`]; other crates' tests
-//! can use [`proxy::FaultProxy`] on its own.
+//! is a thin command line over the scenarios ([`storm`], [`idle`],
+//! [`outage`]); other crates' tests can use [`proxy::FaultProxy`] on its
+//! own.
 
+pub mod chain;
 pub mod fleet;
 pub mod idle;
 pub mod options;
+pub mod outage;
 pub mod pki;
 pub mod process;
 pub mod proxy;
 pub mod report;
 pub mod servers;
+pub mod service;
 pub mod storm;
+pub mod uplink;

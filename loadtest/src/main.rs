@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tollway_loadtest::idle::{self, IdleOptions};
+use tollway_loadtest::outage::{self, OutageOptions};
 use tollway_loadtest::process::raise_open_file_limit;
 use tollway_loadtest::storm::{self, StormOptions};
 use tollway_runtime::{LogFormat, init_logging};
@@ -39,6 +40,9 @@ enum Scenario {
     Storm(StormOptions),
     /// Bytes per node per day of an idle, connected fleet.
     Idle(IdleOptions),
+    /// Records flow from a province to the nation while the national link
+    /// is slow, cut and dropped; none may be lost or stored twice.
+    Outage(OutageOptions),
 }
 
 fn main() -> ExitCode {
@@ -89,6 +93,17 @@ fn main() -> ExitCode {
                 }
                 Err(err) => {
                     eprintln!("tollway-loadtest idle: {err}");
+                    ExitCode::from(2)
+                }
+            },
+            Scenario::Outage(options) => match outage::run(&options, open_file_limit).await {
+                Ok(report) => {
+                    outage::print_summary(&report);
+                    tracing::info!(report = %options.common.report.display(), "outage report written");
+                    exit_code(report.invariants_held)
+                }
+                Err(err) => {
+                    eprintln!("tollway-loadtest outage: {err}");
                     ExitCode::from(2)
                 }
             },

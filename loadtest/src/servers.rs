@@ -139,6 +139,9 @@ pub struct BrokerUnderTest {
     pub transport: Transport,
     /// Address simulated nodes connect to.
     pub node_addr: SocketAddr,
+    /// Tollway's service listener (username and password), where centre
+    /// services and the bridge log in; `None` for Mosquitto.
+    pub service_addr: Option<SocketAddr>,
     program: PathBuf,
     config: PathBuf,
     log: PathBuf,
@@ -183,6 +186,8 @@ impl BrokerUnderTest {
             kind,
             transport,
             node_addr: SocketAddr::from(([127, 0, 0, 1], node_port)),
+            service_addr: (kind == BrokerKind::Tollway)
+                .then(|| SocketAddr::from(([127, 0, 0, 1], ports.service))),
             program,
             config,
             log: dir.path().join("broker.log"),
@@ -353,7 +358,7 @@ bind = "127.0.0.1:{metrics}"
 /// Hashes `password` with the smallest Argon2id parameters (8 KiB, one
 /// pass), which the broker accepts because a PHC string carries its own
 /// parameters. Fit for a loopback benchmark only.
-fn cheap_password_hash(password: &str) -> String {
+pub(crate) fn cheap_password_hash(password: &str) -> String {
     use argon2::password_hash::{PasswordHasher, SaltString};
     let params = argon2::Params::new(8, 1, 1, None).expect("8 KiB, 1 pass, 1 lane are valid");
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);

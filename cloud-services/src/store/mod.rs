@@ -29,7 +29,7 @@ mod query;
 mod reconcile;
 mod retention;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -186,7 +186,8 @@ impl RecordStore {
     }
 
     /// Stores a province's forwarded batch (national store), de-duplicated
-    /// by (province, node, seq), and moves the province's forwarding watermark.
+    /// by (province, node, seq), and moves the province's forwarding watermark
+    /// and the watermark of each node in the batch.
     pub fn store_forward_batch(
         &self,
         province: Province,
@@ -205,6 +206,7 @@ impl RecordStore {
             forward_through: through,
         };
         let mut added = BTreeSet::new();
+        let mut added_by_node: BTreeMap<&NodeId, BTreeSet<u64>> = BTreeMap::new();
         let mut new_keys = BTreeSet::new();
         for (forward_seq, forwarded) in (first_forward_seq..).zip(records) {
             let key = record_key(province, &forwarded.node, forwarded.seq);
@@ -226,6 +228,10 @@ impl RecordStore {
                 batch.put_cf(self.cf(BY_GANTRY_CF), index, []);
                 outcome.stored += 1;
                 new_keys.insert(key.clone());
+                added_by_node
+                    .entry(&forwarded.node)
+                    .or_default()
+                    .insert(forwarded.seq);
             }
             if forward_seq > through {
                 batch.put_cf(
@@ -235,6 +241,16 @@ impl RecordStore {
                 );
                 added.insert(forward_seq);
             }
+        }
+
+        // Each node's contiguous watermark, as a provincial store keeps it,
+        // so the national store can say how far every node's records got.
+        for (node, seqs) in &added_by_node {
+            let node_mark = node_mark_key(province, node);
+            let node_through = self.read_u64(MARKS_CF, &node_mark)?;
+            let node_through =
+                self.advance_mark(&node_prefix(province, node), RECORDS_CF, node_through, seqs)?;
+            batch.put_cf(self.cf(MARKS_CF), &node_mark, node_through.to_be_bytes());
         }
 
         let prefix = vec![province.code()];

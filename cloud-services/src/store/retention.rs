@@ -285,6 +285,9 @@ mod tests {
             .store_forward_batch(province(32), 5, &forwarded("b", 5..=5))
             .unwrap();
         assert_eq!(gantry_count(&store), 9);
+        let (a, b) = (NodeId::new("a").unwrap(), NodeId::new("b").unwrap());
+        assert_eq!(store.node_stored_through(province(44), &a).unwrap(), 5);
+        assert_eq!(store.node_stored_through(province(32), &b).unwrap(), 3);
 
         let report = store
             .prune(PruneScope::National, all_expired(), 100)
@@ -305,6 +308,7 @@ mod tests {
         store
             .store_forward_batch(province(32), 4, &forwarded("b", 4..=4))
             .unwrap();
+        assert_eq!(store.node_stored_through(province(32), &b).unwrap(), 5);
         let report = store
             .prune(PruneScope::National, all_expired(), 100)
             .unwrap();
