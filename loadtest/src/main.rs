@@ -73,42 +73,70 @@ fn main() -> ExitCode {
     };
 
     runtime.block_on(async {
-        match cli.scenario {
-            Scenario::Storm(options) => match storm::run(&options, open_file_limit).await {
-                Ok(report) => {
-                    storm::print_summary(&report);
-                    tracing::info!(report = %options.common.report.display(), "storm report written");
-                    exit_code(report.all_back)
-                }
-                Err(err) => {
-                    eprintln!("tollway-loadtest storm: {err}");
-                    ExitCode::from(2)
-                }
-            },
-            Scenario::Idle(options) => match idle::run(&options, open_file_limit).await {
-                Ok(report) => {
-                    idle::print_summary(&report);
-                    tracing::info!(report = %options.common.report.display(), "idle report written");
-                    exit_code(report.all_stayed_connected)
-                }
-                Err(err) => {
-                    eprintln!("tollway-loadtest idle: {err}");
-                    ExitCode::from(2)
-                }
-            },
-            Scenario::Outage(options) => match outage::run(&options, open_file_limit).await {
-                Ok(report) => {
-                    outage::print_summary(&report);
-                    tracing::info!(report = %options.common.report.display(), "outage report written");
-                    exit_code(report.invariants_held)
-                }
-                Err(err) => {
-                    eprintln!("tollway-loadtest outage: {err}");
-                    ExitCode::from(2)
-                }
-            },
+        tokio::select! {
+            code = run_scenario(cli.scenario, open_file_limit) => code,
+            signal = interrupted() => {
+                // Dropping the scenario's future drops its brokers and
+                // services, which kills their processes.
+                eprintln!("tollway-loadtest: stopped by {signal}; no report written");
+                ExitCode::from(2)
+            }
         }
     })
+}
+
+/// Waits for SIGINT or SIGTERM and returns its name.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    }
+}
+
+async fn run_scenario(scenario: Scenario, open_file_limit: u64) -> ExitCode {
+    match scenario {
+        Scenario::Storm(options) => match storm::run(&options, open_file_limit).await {
+            Ok(report) => {
+                storm::print_summary(&report);
+                tracing::info!(report = %options.common.report.display(), "storm report written");
+                exit_code(report.all_back)
+            }
+            Err(err) => {
+                eprintln!("tollway-loadtest storm: {err}");
+                ExitCode::from(2)
+            }
+        },
+        Scenario::Idle(options) => match idle::run(&options, open_file_limit).await {
+            Ok(report) => {
+                idle::print_summary(&report);
+                tracing::info!(report = %options.common.report.display(), "idle report written");
+                exit_code(report.all_stayed_connected)
+            }
+            Err(err) => {
+                eprintln!("tollway-loadtest idle: {err}");
+                ExitCode::from(2)
+            }
+        },
+        Scenario::Outage(options) => match outage::run(&options, open_file_limit).await {
+            Ok(report) => {
+                outage::print_summary(&report);
+                tracing::info!(report = %options.common.report.display(), "outage report written");
+                exit_code(report.invariants_held)
+            }
+            Err(err) => {
+                eprintln!("tollway-loadtest outage: {err}");
+                ExitCode::from(2)
+            }
+        },
+    }
 }
 
 fn exit_code(invariants_held: bool) -> ExitCode {

@@ -263,6 +263,7 @@ pub async fn run(
         tls,
         rate: options.rate,
         batch_records: options.batch_records as usize,
+        linger: Duration::from_millis(500),
         window: 4,
         resend_timeout: Duration::from_secs(30),
         max_outbox: MAX_OUTBOX,

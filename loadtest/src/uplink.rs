@@ -4,7 +4,8 @@
 //! Each node produces realistic transactions (the toll app's generator) at
 //! its share of the fleet's rate, numbers them from seq 1 and keeps every
 //! one in an in-memory outbox until the centre acknowledges it. It sends
-//! zstd-compressed `RecordBatch`es of up to `batch_records` on its
+//! zstd-compressed `RecordBatch`es of up to `batch_records`, or fewer once
+//! the oldest has waited `linger`, on its
 //! `records` topic at QoS 1, with at most `window` batches unacknowledged,
 //! and moves its watermark on each `RecordAck`. After a reconnect, or when
 //! the oldest batch waits longer than `resend_timeout`, it sends again
@@ -58,6 +59,9 @@ pub struct UplinkSpec {
     pub rate: f64,
     /// Records per batch at most (the daemon's default is 500).
     pub batch_records: usize,
+    /// Time a batch that is not full waits for more records (the daemon's
+    /// `linger_ms`, default 500 ms). A full batch leaves at once.
+    pub linger: Duration,
     /// Batches sent and not acknowledged at most (the daemon's default is 4).
     pub window: usize,
     /// Wait for an acknowledgement of the oldest batch before sending
@@ -185,8 +189,9 @@ struct Node {
     index: usize,
     progress: Arc<Vec<Progress>>,
     generator: Generator,
-    /// Produced and not yet acknowledged, in seq order.
-    outbox: VecDeque<(u64, TollRecord)>,
+    /// Produced and not yet acknowledged, in seq order, with the time each
+    /// was produced.
+    outbox: VecDeque<(u64, Instant, TollRecord)>,
     next_seq: u64,
     /// Records offered by the simulated app, produced or refused.
     offered: u64,
@@ -359,7 +364,8 @@ impl Node {
             let record = self.generator.next_record(unix_ms());
             self.tally.fee_sum += u64::from(record.fee);
             self.tally.pay_fee_sum += u64::from(record.pay_fee);
-            self.outbox.push_back((self.next_seq, record));
+            self.outbox
+                .push_back((self.next_seq, Instant::now(), record));
             self.next_seq += 1;
         }
         self.progress[self.index]
@@ -390,12 +396,19 @@ impl Node {
                 return;
             }
             let offset = (first - self.watermark - 1) as usize;
+            let lingering = self
+                .outbox
+                .get(offset)
+                .is_some_and(|(_, produced, _)| produced.elapsed() < self.spec.linger);
+            if available < batch && lingering {
+                return;
+            }
             let records: Vec<TollRecord> = self
                 .outbox
                 .iter()
                 .skip(offset)
                 .take(available as usize)
-                .map(|(_, record)| record.clone())
+                .map(|(_, _, record)| record.clone())
                 .collect();
             let batch = RecordBatch {
                 node: self.spec.nodes[self.index].clone(),
@@ -439,7 +452,11 @@ impl Node {
         if through <= self.watermark {
             return;
         }
-        while self.outbox.front().is_some_and(|(seq, _)| *seq <= through) {
+        while self
+            .outbox
+            .front()
+            .is_some_and(|(seq, _, _)| *seq <= through)
+        {
             self.outbox.pop_front();
         }
         self.watermark = through;

@@ -206,11 +206,26 @@ impl RecordStore {
             forward_through: through,
         };
         let mut added = BTreeSet::new();
+        let mut node_marks: BTreeMap<&NodeId, u64> = BTreeMap::new();
         let mut added_by_node: BTreeMap<&NodeId, BTreeSet<u64>> = BTreeMap::new();
         let mut new_keys = BTreeSet::new();
         for (forward_seq, forwarded) in (first_forward_seq..).zip(records) {
             let key = record_key(province, &forwarded.node, forwarded.seq);
-            if new_keys.contains(&key) || self.exists(RECORDS_CF, &key)? {
+            let node_through = match node_marks.get(&forwarded.node) {
+                Some(through) => *through,
+                None => {
+                    let through =
+                        self.read_u64(MARKS_CF, &node_mark_key(province, &forwarded.node))?;
+                    node_marks.insert(&forwarded.node, through);
+                    through
+                }
+            };
+            // At or below the node's watermark is a duplicate even when
+            // retention has pruned the stored copy.
+            if forwarded.seq <= node_through
+                || new_keys.contains(&key)
+                || self.exists(RECORDS_CF, &key)?
+            {
                 outcome.duplicates += 1;
             } else {
                 let cbor =
@@ -247,7 +262,7 @@ impl RecordStore {
         // so the national store can say how far every node's records got.
         for (node, seqs) in &added_by_node {
             let node_mark = node_mark_key(province, node);
-            let node_through = self.read_u64(MARKS_CF, &node_mark)?;
+            let node_through = node_marks.get(node).copied().unwrap_or(0);
             let node_through =
                 self.advance_mark(&node_prefix(province, node), RECORDS_CF, node_through, seqs)?;
             batch.put_cf(self.cf(MARKS_CF), &node_mark, node_through.to_be_bytes());

@@ -8,13 +8,9 @@
 //! stay. The record, its gantry index entry and its forwarding entry go in
 //! one synced batch.
 //!
-//! A node record that arrives again after it was pruned is still a
-//! duplicate in a provincial store, which compares the node's seq with the
-//! node's watermark. The national store recognises duplicates by the
-//! record's presence, so a forwarded record sent again after it was pruned
-//! would be stored again, as its only copy. A province resends only
-//! batches it has no acknowledgement for, which are minutes old, not a
-//! retention window.
+//! A record that arrives again after it was pruned is still a duplicate:
+//! both stores compare its seq with the node's contiguous watermark, which
+//! pruning leaves in place.
 //!
 //! NOTE: hourly summaries (`summaries_done`) are not pruned yet. They are
 //! one small entry per node, gantry and hour.
@@ -302,6 +298,14 @@ mod tests {
         );
         assert_eq!(gantry_count(&store), 1);
         assert_eq!(store.province_forward_through(province(44)).unwrap(), 7);
+
+        // A pruned record forwarded again is still a duplicate.
+        let outcome = store
+            .store_forward_batch(province(44), 8, &forwarded("a", 1..=2))
+            .unwrap();
+        assert_eq!(outcome.stored, 0);
+        assert_eq!(outcome.duplicates, 2);
+        assert_eq!(gantry_count(&store), 1);
         assert_eq!(store.province_forward_through(province(32)).unwrap(), 3);
 
         // Once 4 arrives, 32's watermark covers 5 and it goes too.
