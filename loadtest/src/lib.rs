@@ -7,12 +7,15 @@
 //! is a thin command line over [`storm`] and [`idle`]; other crates' tests
 //! can use [`proxy::FaultProxy`] on its own.
 
+pub mod center;
 pub mod fleet;
 pub mod idle;
 pub mod options;
 pub mod pki;
 pub mod process;
 pub mod proxy;
+pub mod records;
 pub mod report;
 pub mod servers;
 pub mod storm;
+pub mod uplink;

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tollway_loadtest::idle::{self, IdleOptions};
 use tollway_loadtest::process::raise_open_file_limit;
+use tollway_loadtest::records::{self, RecordsOptions};
 use tollway_loadtest::storm::{self, StormOptions};
 use tollway_runtime::{LogFormat, init_logging};
 
@@ -39,6 +40,9 @@ enum Scenario {
     Storm(StormOptions),
     /// Bytes per node per day of an idle, connected fleet.
     Idle(IdleOptions),
+    /// Toll records from N nodes through the broker to the ingest and back
+    /// as acknowledgements.
+    Records(RecordsOptions),
 }
 
 fn main() -> ExitCode {
@@ -89,6 +93,17 @@ fn main() -> ExitCode {
                 }
                 Err(err) => {
                     eprintln!("tollway-loadtest idle: {err}");
+                    ExitCode::from(2)
+                }
+            },
+            Scenario::Records(options) => match records::run(&options, open_file_limit).await {
+                Ok(report) => {
+                    records::print_summary(&report);
+                    tracing::info!(report = %options.common.report.display(), "records report written");
+                    exit_code(report.invariants_held)
+                }
+                Err(err) => {
+                    eprintln!("tollway-loadtest records: {err}");
                     ExitCode::from(2)
                 }
             },

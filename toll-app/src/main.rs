@@ -8,7 +8,6 @@
 //! are counted as `pending` in the counts file and the log.
 
 mod counts;
-mod generator;
 mod publisher;
 
 use std::net::SocketAddr;
@@ -25,8 +24,8 @@ use tollway_runtime::{Backoff, BackoffConfig, LogFormat, init_logging};
 use tollway_topics::Message;
 
 use counts::{Counts, CountsFile};
-use generator::{Generator, province_prefix};
 use publisher::{Progress, Publisher, PublisherConfig};
+use tollway_toll_app::generator::{Generator, province_prefix};
 
 /// Toll app: produces gantry transactions and hands them to the node's
 /// intake over MQTT 3.1.1 (QoS 1).
