@@ -30,6 +30,12 @@ pub struct CenterOptions {
     /// The `tollway-center` program. Default: next to this program.
     #[arg(long, value_name = "PATH")]
     pub center_bin: Option<PathBuf>,
+
+    /// Log filter of the `tollway-center` processes, in `tracing`
+    /// env-filter syntax. Their logs go to a file in their temporary
+    /// directory, named in errors.
+    #[arg(long, value_name = "FILTER", default_value = "warn")]
+    pub center_log: String,
 }
 
 impl CenterOptions {
@@ -110,7 +116,7 @@ impl CenterProcess {
     /// listener at `service_addr` and starts the program. Returns once the
     /// API answers and, for the ingest, its subscriptions are granted.
     pub async fn start(
-        program: &Path,
+        options: &CenterOptions,
         service: Service,
         name: &str,
         service_addr: SocketAddr,
@@ -133,19 +139,17 @@ impl CenterProcess {
             path: log.clone(),
             source,
         })?;
-        let child = Command::new(program)
+        let program = options.program();
+        let child = Command::new(&program)
             .arg("--config")
             .arg(&config)
             .arg("--log")
-            .arg("warn")
+            .arg(&options.center_log)
             .stdin(Stdio::null())
             .stdout(log_file)
             .stderr(log_err)
             .spawn()
-            .map_err(|source| CenterError::Spawn {
-                program: program.to_path_buf(),
-                source,
-            })?;
+            .map_err(|source| CenterError::Spawn { program, source })?;
         tracing::info!(name, pid = child.id(), api_port, "tollway-center started");
 
         let mut center = CenterProcess {

@@ -8,6 +8,8 @@
 //! can use [`proxy::FaultProxy`] on its own.
 
 pub mod center;
+pub mod desired;
+pub mod fanout;
 pub mod fleet;
 pub mod idle;
 pub mod options;

@@ -9,6 +9,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tollway_loadtest::fanout::{self, FanoutOptions};
 use tollway_loadtest::idle::{self, IdleOptions};
 use tollway_loadtest::process::raise_open_file_limit;
 use tollway_loadtest::records::{self, RecordsOptions};
@@ -43,6 +44,9 @@ enum Scenario {
     /// Toll records from N nodes through the broker to the ingest and back
     /// as acknowledgements.
     Records(RecordsOptions),
+    /// A deployment change through the controller to N nodes: time until
+    /// 99% and 100% report the new generation.
+    Fanout(FanoutOptions),
 }
 
 fn main() -> ExitCode {
@@ -104,6 +108,17 @@ fn main() -> ExitCode {
                 }
                 Err(err) => {
                     eprintln!("tollway-loadtest records: {err}");
+                    ExitCode::from(2)
+                }
+            },
+            Scenario::Fanout(options) => match fanout::run(&options, open_file_limit).await {
+                Ok(report) => {
+                    fanout::print_summary(&report);
+                    tracing::info!(report = %options.common.report.display(), "fanout report written");
+                    exit_code(report.invariants_held)
+                }
+                Err(err) => {
+                    eprintln!("tollway-loadtest fanout: {err}");
                     ExitCode::from(2)
                 }
             },

@@ -395,11 +395,10 @@ async fn drive(
     spec: FleetSpec,
     run: &mut RecordsRun,
 ) -> Result<(), String> {
-    let program = options.center.program();
     for number in 1..=options.ingest_processes {
         let name = format!("ingest-{number}");
         let center = CenterProcess::start(
-            &program,
+            &options.center,
             Service::Ingest,
             &name,
             province.broker.service_addr,
