@@ -8,8 +8,10 @@
 //!
 //! The deployment is published as `tollwayctl apply` publishes it: CBOR,
 //! retained, QoS 1, on `tollway/v1/ops/deployments/{name}`, by a client of
-//! the password listener. Invariant that sets the exit code: every node
-//! reports every change within `--change-timeout-s`.
+//! the password listener. Invariants that set the exit code: every node
+//! reports every change within `--change-timeout-s`, and afterwards the
+//! controller's API shows every node's last status at the generation of
+//! its desired state.
 //!
 //! Bounds: a run lasts at most the fleet's start (`--up-timeout-s`) plus
 //! (changes + 1) change timeouts, plus process start and stop times.
@@ -124,7 +126,8 @@ pub struct FanoutReport {
     pub change_timeout_s: u64,
     pub runs: Vec<FanoutRun>,
     pub comparisons: Vec<Comparison>,
-    /// True when every node reported every change in every run.
+    /// True when every node reported every change in every run and the
+    /// controller agreed at the end.
     pub invariants_held: bool,
 }
 
@@ -154,6 +157,8 @@ pub struct FanoutRun {
     /// Nodes whose last status, as the controller's API shows it, has the
     /// generation of their desired state, after the last change.
     pub controller_nodes_current: Option<u64>,
+    /// True when that count is every node, within the change timeout.
+    pub controller_agrees: bool,
     /// True when every node reported every change in time.
     pub all_reported: bool,
     /// The error that ended the run early, if any.
@@ -244,7 +249,7 @@ pub async fn run(
         comparisons: compare(options.transport, &runs),
         invariants_held: runs
             .iter()
-            .all(|run| run.error.is_none() && run.all_reported),
+            .all(|run| run.error.is_none() && run.all_reported && run.controller_agrees),
         runs,
     };
     write_json(&options.common.report, &report)?;
@@ -362,23 +367,43 @@ async fn changes(
     run.median_p99_s = median(&p99);
     run.median_p100_s = median(&p100);
 
-    // The controller's view: a node is current when its last status has
-    // the generation of its desired state.
+    // The controller's view, which it refreshes on its own schedule: a node
+    // is current when its last status has the generation of its desired
+    // state.
+    let deadline = Instant::now() + timeout;
+    loop {
+        let current = controller_nodes_current(controller).await?;
+        run.controller_nodes_current = Some(current);
+        if current >= fleet.size() as u64 {
+            run.controller_agrees = true;
+            break;
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+/// Counts the nodes in the controller's API whose last status has the
+/// generation of their desired state.
+async fn controller_nodes_current(controller: &CenterProcess) -> Result<u64, String> {
     let view = controller
         .get("/v1/nodes")
         .await
         .map_err(|err| err.to_string())?;
-    let current = view.as_array().map_or(0, |nodes| {
-        nodes
-            .iter()
-            .filter(|node| {
-                let desired = node["desired_generation"].as_u64();
-                desired.is_some() && node["status"]["generation"].as_u64() == desired
-            })
-            .count() as u64
-    });
-    run.controller_nodes_current = Some(current);
-    Ok(())
+    let nodes = view
+        .as_array()
+        .ok_or_else(|| format!("GET /v1/nodes returned no list: {view}"))?;
+    let current = nodes
+        .iter()
+        .filter(|node| {
+            let desired = node["desired_generation"].as_u64();
+            desired.is_some() && node["status"]["generation"].as_u64() == desired
+        })
+        .count();
+    Ok(current as u64)
 }
 
 /// Publishes the deployment with image tag `1.0.{change}` and waits until
@@ -546,7 +571,7 @@ pub fn print_summary(report: &FanoutReport) {
         let broker = run
             .broker
             .map_or_else(|| "-".to_string(), |b| b.to_string());
-        let ok = run.error.is_none() && run.all_reported;
+        let ok = run.error.is_none() && run.all_reported && run.controller_agrees;
         println!(
             "{:<10} {:>8} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>5}",
             broker,
