@@ -14,7 +14,8 @@
 //! its desired state.
 //!
 //! Bounds: a run lasts at most the fleet's start (`--up-timeout-s`) plus
-//! (changes + 1) change timeouts, plus process start and stop times.
+//! (changes + 2) change timeouts (the last for the controller's view),
+//! plus process start and stop times.
 
 use std::time::{Duration, Instant};
 

@@ -4,11 +4,11 @@
 //! fleet rate or as fast as acknowledgements allow (`--rate max`). The same
 //! runs against Tollway's broker and Mosquitto, one after the other.
 //!
-//! Each run reports records created and acknowledged, records per second
-//! acknowledged over the measuring window (the duration less the warm-up),
-//! latency percentiles from a record entering its node's outbox to the
-//! acknowledgement covering it, and the broker's and ingest's peak CPU and
-//! RSS. Invariants that set the exit code: every record acknowledged within
+//! Each run reports records created and acknowledged, and records per
+//! second acknowledged over the measuring window (the duration less the
+//! warm-up). Latency percentiles run from a record entering its node's
+//! outbox to the acknowledgement covering it. The broker's and the
+//! ingest's peak CPU and RSS are sampled once a second. Invariants that set the exit code: every record acknowledged within
 //! the drain timeout, and the stores hold exactly the records created (the
 //! ingest's `records_stored` equals the records created, and each node's
 //! `stored_through` equals its last seq).
@@ -84,8 +84,8 @@ pub struct RecordsOptions {
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub duration_s: u64,
 
-    /// Seconds at the start of the duration left out of the records-per-
-    /// second figure; at most half the duration is left out.
+    /// Seconds at the start of the duration that the records-per-second
+    /// figure leaves out. At most half the duration is left out.
     #[arg(long, value_name = "SECONDS", default_value_t = 5)]
     pub warmup_s: u64,
 

@@ -9,8 +9,8 @@
 //!   and an ACL pattern on `%u`.
 //! - Plain TCP: the province profile has no plain-TCP node listener, so
 //!   plain runs use Tollway's service listener (username and password, a
-//!   valid login bypasses the ACL) against Mosquitto's password listener,
-//!   whose ACL lets that user use every province topic. Every simulated
+//!   valid login bypasses the ACL). Mosquitto's counterpart is its password
+//!   listener, whose ACL lets that user use every province topic. Every simulated
 //!   node logs in as the same user. The password hash uses cheap Argon2
 //!   parameters, so the benchmark measures connection handling, not
 //!   password hashing.

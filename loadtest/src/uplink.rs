@@ -1,8 +1,8 @@
 //! A simulated fleet that sends toll records the way the edge daemon's
-//! uplink does: records numbered from seq 1 enter each node's outbox, leave
-//! in batches of up to `batch_records` on the node's `records` topic at
-//! QoS 1, and stay in a bounded window of unacknowledged batches until the
-//! centre's `RecordAck` covers them. The broker's PUBACK is not custody and
+//! uplink does. Records numbered from seq 1 enter each node's outbox. They
+//! leave in batches of up to `batch_records` on the node's `records` topic
+//! at QoS 1, and stay in a bounded window of unacknowledged batches until
+//! the centre's `RecordAck` covers them. The broker's PUBACK is not custody and
 //! is ignored. When the oldest batch waits past the resend timeout, or the
 //! session comes up again after a loss, every unacknowledged batch is sent
 //! again from the acknowledgement watermark (go-back-N); the ingest drops
@@ -48,7 +48,7 @@ const CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// ones are recorded as one hour.
 const MAX_LATENCY_US: u64 = 3_600_000_000;
 
-/// How fast nodes create records.
+/// The speed at which nodes create records.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Pace {
     /// Records per second for each node.
@@ -566,8 +566,9 @@ impl NodeUplink {
                 sent_at: None,
             }),
             Err(err) => {
-                // NOTE: a batch that does not encode is lost here; the
-                // generator's records always encode, so this is never hit.
+                // NOTE: a batch that does not encode is dropped here. The toll
+                // app's tests check that generated records encode, so this
+                // path is not expected to run.
                 tracing::error!(node = %shared.spec.nodes[self.index], first_seq = first, error = %err, "cannot encode a batch");
                 None
             }
