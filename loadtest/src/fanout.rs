@@ -522,10 +522,12 @@ impl Operator {
     }
 }
 
+/// Compares the runs in which every node reported every change; the other
+/// side of a comparison stays empty otherwise.
 fn compare(transport: Transport, runs: &[FanoutRun]) -> Vec<Comparison> {
     let find = |kind| {
         runs.iter()
-            .find(|run| run.broker == Some(kind) && run.error.is_none())
+            .find(|run| run.broker == Some(kind) && run.error.is_none() && run.all_reported)
     };
     let (ours, theirs) = (find(BrokerKind::Tollway), find(BrokerKind::Mosquitto));
     let metric = |name: &'static str, value: fn(&FanoutRun) -> Option<f64>| {

@@ -569,10 +569,16 @@ async fn count_mismatched_nodes(
     Ok(mismatched)
 }
 
+/// Compares the runs whose invariants held; a run that lost records has no
+/// figure worth a ratio, so its side stays empty.
 fn compare(transport: Transport, runs: &[RecordsRun]) -> Vec<Comparison> {
     let find = |kind| {
-        runs.iter()
-            .find(|run| run.broker == Some(kind) && run.error.is_none())
+        runs.iter().find(|run| {
+            run.broker == Some(kind)
+                && run.error.is_none()
+                && run.all_acknowledged
+                && run.store_matches
+        })
     };
     let (ours, theirs) = (find(BrokerKind::Tollway), find(BrokerKind::Mosquitto));
     let metric = |name: &'static str, value: fn(&RecordsRun) -> Option<f64>| {
