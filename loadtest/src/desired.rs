@@ -336,6 +336,9 @@ async fn session(shared: &Shared, index: usize) -> bool {
                     continue;
                 }
                 shared.stats.statuses_sent.fetch_add(1, Ordering::Relaxed);
+                // NOTE: the time is taken when the status is queued on the
+                // node's connection, not when the controller reads it; the
+                // scenario checks the controller's view only at the end.
                 let images: Vec<&str> = desired.apps.iter().map(|app| app.image.as_str()).collect();
                 shared.stats.note_answer(index, &images);
             }
