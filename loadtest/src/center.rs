@@ -114,7 +114,7 @@ pub struct CenterProcess {
 impl CenterProcess {
     /// Writes the configuration of `service` for the broker's password
     /// listener at `service_addr` and starts the program. Returns once the
-    /// API answers and, for the ingest, its subscriptions are granted.
+    /// API responds and, for the ingest, its subscriptions are granted.
     pub async fn start(
         options: &CenterOptions,
         service: Service,
@@ -227,9 +227,10 @@ impl CenterProcess {
         }
     }
 
-    /// The controller is ready when its API answers; the ingest when the
-    /// broker granted its three subscriptions (records, summary, command
-    /// results), since batches published before that reach nobody.
+    /// Checks readiness. The controller is ready when its API responds. The
+    /// ingest is ready when the broker granted its three subscriptions
+    /// (records, summary, command results), because the broker delivers a
+    /// batch published before that to no subscriber.
     async fn is_ready(&self) -> bool {
         match self.service {
             Service::Controller => self.get("/v1/nodes").await.is_ok(),

@@ -1,16 +1,16 @@
-//! A simulated fleet that answers desired states the way the edge daemon
-//! does: on every desired state it receives, a node publishes a status for
+//! A simulated fleet that reacts to desired states the way the edge daemon
+//! does. On every desired state it receives, a node publishes a status for
 //! that generation with each app running. Nodes connect as the other fleets
 //! do (client id = node id, clean session, `offline` presence as will,
 //! retained `online` presence with the label `role=gantry`, then one
 //! SUBSCRIBE for `desired`, `cmd` and `records/ack`), and reconnect with the
 //! daemon's back-off.
 //!
-//! The scenario names a target image. The first time a node answers a
-//! desired state that runs the target image, it stores the time since the
-//! target was set; that is the moment the node reports the new generation.
-//! A node applies nothing, so the figure is the control plane's own: the
-//! controller, the broker and the node's answer.
+//! The scenario names a target image. The first time a node publishes a
+//! status for a desired state that runs the target image, it stores the
+//! time since the target was set. That is the moment the node reports the
+//! new generation. A node applies nothing, so the figure is the control
+//! plane's own: the controller, the broker and the node's status.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -32,7 +32,7 @@ use crate::fleet::{FleetSpec, Retry, mqtt_options};
 
 /// Capacity of each node's rumqttc request channel: a presence, a
 /// subscription and a few statuses. A status that does not fit is counted
-/// and skipped; the node answers the next desired state.
+/// and skipped, and the node reports again on the next desired state.
 const REQUEST_CHANNEL_CAPACITY: usize = 8;
 
 /// The image a change waits for and when it was published.
@@ -105,8 +105,9 @@ impl DesiredStats {
         }
     }
 
-    /// Notes that node `index` answered a desired state with `images`.
-    fn note_answer(&self, index: usize, images: &[&str]) {
+    /// Records the report time of node `index` when `images`, the images
+    /// of the desired state it just reported, include the target.
+    fn note_report(&self, index: usize, images: &[&str]) {
         let Some(target) = self.target() else {
             return;
         };
@@ -119,7 +120,7 @@ impl DesiredStats {
     }
 }
 
-/// A running fleet of nodes that answer desired states.
+/// A running fleet of nodes that report on desired states.
 pub struct DesiredFleet {
     stop_tx: watch::Sender<bool>,
     stats: Arc<DesiredStats>,
@@ -337,10 +338,10 @@ async fn session(shared: &Shared, index: usize) -> bool {
                 }
                 shared.stats.statuses_sent.fetch_add(1, Ordering::Relaxed);
                 // NOTE: the time is taken when the status is queued on the
-                // node's connection, not when the controller reads it; the
+                // node's connection, not when the controller reads it. The
                 // scenario checks the controller's view only at the end.
                 let images: Vec<&str> = desired.apps.iter().map(|app| app.image.as_str()).collect();
-                shared.stats.note_answer(index, &images);
+                shared.stats.note_report(index, &images);
             }
             Ok(_) => {}
             Err(err) => {
@@ -351,7 +352,7 @@ async fn session(shared: &Shared, index: usize) -> bool {
     }
 }
 
-/// The status a node sends once it runs `desired`: every app running.
+/// Builds the status a node sends once it runs `desired`: every app running.
 fn running_status(desired: &DesiredState) -> NodeStatus {
     NodeStatus {
         generation: desired.generation,

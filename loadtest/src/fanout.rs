@@ -439,7 +439,7 @@ async fn publish_and_wait(
     Ok(figures)
 }
 
-/// The encoded per-node deployment of the toll app for every gantry, with
+/// Encodes the per-node deployment of the toll app for every gantry, with
 /// `image`.
 fn deployment(image: &str) -> Result<Vec<u8>, String> {
     let name = ObjectName::new(DEPLOYMENT).map_err(|err| err.to_string())?;
