@@ -4,8 +4,9 @@
 //!
 //! Every scenario sends traffic only to loopback addresses and ends by
 //! itself within bounds set by its options. The `tollway-loadtest` program
-//! is a thin command line over [`storm`] and [`idle`]; other crates' tests
-//! can use [`proxy::FaultProxy`] on its own.
+//! is a thin command line over the scenarios ([`storm`], [`idle`],
+//! [`records`], [`fanout`]); other crates' tests can use
+//! [`proxy::FaultProxy`] on its own.
 
 pub mod center;
 pub mod desired;
@@ -16,8 +17,8 @@ pub mod options;
 pub mod pki;
 pub mod process;
 pub mod proxy;
+pub mod record_fleet;
 pub mod records;
 pub mod report;
 pub mod servers;
 pub mod storm;
-pub mod uplink;

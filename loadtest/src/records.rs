@@ -29,11 +29,11 @@ use crate::fleet::{Access, FleetSpec};
 use crate::options::{CommonOptions, OptionsError};
 use crate::pki::{FleetPki, PkiError};
 use crate::process::{CpuSampler, RssSampler};
+use crate::record_fleet::{Pace, Phase, RecordFleet, UplinkSettings, UplinkStats};
 use crate::report::{Comparison, Machine, ReportError, cell, mib, write_json};
 use crate::servers::{
     BrokerKind, BrokerUnderTest, PLAIN_PASSWORD, PLAIN_USER, Programs, Transport,
 };
-use crate::uplink::{Pace, Phase, RecordFleet, UplinkSettings, UplinkStats};
 
 /// The province every simulated node belongs to.
 const PROVINCE: u8 = 44;

@@ -1,4 +1,5 @@
-//! The gantry simulator's transaction generator as a library, so that load
-//! tests produce the same realistic records as the toll app in a container.
+//! The toll app's library part: the generator of realistic gantry
+//! transactions, shared with the load tests so that simulated nodes send
+//! the same records as the app does.
 
 pub mod generator;
