@@ -389,54 +389,62 @@ impl Shared {
     }
 
     fn options(&self, index: usize) -> MqttOptions {
-        let node = &self.spec.nodes[index];
-        let addr = self.spec.broker;
-        let mut options = MqttOptions::new(node.as_str(), addr.ip().to_string(), addr.port());
-        options.set_keep_alive(self.spec.keep_alive);
-        options.set_clean_session(true);
-        options.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
-        options.set_last_will(LastWill::new(
-            self.topic(index, NodeKind::Presence),
-            self.will.clone(),
-            QoS::AtLeastOnce,
-            true,
-        ));
-        match &self.spec.access {
-            Access::Tls(configs) => {
-                options.set_transport(rumqttc::Transport::tls_with_config(
-                    TlsConfiguration::Rustls(configs[index].clone()),
-                ));
-            }
-            Access::Password { username, password } => {
-                options.set_credentials(username.clone(), password.clone());
-            }
-        }
-        options
+        mqtt_options(&self.spec, index, &self.will)
     }
 }
 
+/// Builds node `index`'s MQTT options: client id = node id, clean session,
+/// `will` as its retained presence will, and the spec's TLS or password
+/// access.
+pub(crate) fn mqtt_options(spec: &FleetSpec, index: usize, will: &[u8]) -> MqttOptions {
+    let node = &spec.nodes[index];
+    let addr = spec.broker;
+    let mut options = MqttOptions::new(node.as_str(), addr.ip().to_string(), addr.port());
+    options.set_keep_alive(spec.keep_alive);
+    options.set_clean_session(true);
+    options.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+    let presence = Topic::node(spec.province, node.clone(), NodeKind::Presence).to_string();
+    options.set_last_will(LastWill::new(
+        presence,
+        will.to_vec(),
+        QoS::AtLeastOnce,
+        true,
+    ));
+    match &spec.access {
+        Access::Tls(configs) => {
+            options.set_transport(rumqttc::Transport::tls_with_config(
+                TlsConfiguration::Rustls(configs[index].clone()),
+            ));
+        }
+        Access::Password { username, password } => {
+            options.set_credentials(username.clone(), password.clone());
+        }
+    }
+    options
+}
+
 /// The retry delays of one node.
-enum Retry {
+pub(crate) enum Retry {
     Jittered(Backoff),
     Fixed(Duration),
 }
 
 impl Retry {
-    fn new(policy: RetryPolicy) -> Self {
+    pub(crate) fn new(policy: RetryPolicy) -> Self {
         match policy {
             RetryPolicy::Jittered(config) => Retry::Jittered(Backoff::new(config)),
             RetryPolicy::Fixed(delay) => Retry::Fixed(delay),
         }
     }
 
-    fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         match self {
             Retry::Jittered(backoff) => backoff.next_delay(),
             Retry::Fixed(delay) => *delay,
         }
     }
 
-    fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         if let Retry::Jittered(backoff) = self {
             backoff.reset();
         }

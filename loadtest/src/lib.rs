@@ -5,10 +5,13 @@
 //! Every scenario sends traffic only to loopback addresses and ends by
 //! itself within bounds set by its options. The `tollway-loadtest` program
 //! is a thin command line over the scenarios ([`storm`], [`idle`],
-//! [`outage`]); other crates' tests can use [`proxy::FaultProxy`] on its
-//! own.
+//! [`outage`], [`records`], [`fanout`]); other crates' tests can use
+//! [`proxy::FaultProxy`] on its own.
 
+pub mod center;
 pub mod chain;
+pub mod desired;
+pub mod fanout;
 pub mod fleet;
 pub mod idle;
 pub mod options;
@@ -16,6 +19,8 @@ pub mod outage;
 pub mod pki;
 pub mod process;
 pub mod proxy;
+pub mod record_fleet;
+pub mod records;
 pub mod report;
 pub mod servers;
 pub mod service;

@@ -9,9 +9,11 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tollway_loadtest::fanout::{self, FanoutOptions};
 use tollway_loadtest::idle::{self, IdleOptions};
 use tollway_loadtest::outage::{self, OutageOptions};
 use tollway_loadtest::process::raise_open_file_limit;
+use tollway_loadtest::records::{self, RecordsOptions};
 use tollway_loadtest::storm::{self, StormOptions};
 use tollway_runtime::{LogFormat, init_logging};
 
@@ -43,6 +45,12 @@ enum Scenario {
     /// Records flow from a province to the nation while the national link
     /// is slow, cut and dropped; none may be lost or stored twice.
     Outage(OutageOptions),
+    /// Toll records from N nodes through the broker to the ingest and back
+    /// as acknowledgements.
+    Records(RecordsOptions),
+    /// A deployment change through the controller to N nodes: time until
+    /// 99% and 100% report the new generation.
+    Fanout(FanoutOptions),
 }
 
 fn main() -> ExitCode {
@@ -133,6 +141,28 @@ async fn run_scenario(scenario: Scenario, open_file_limit: u64) -> ExitCode {
             }
             Err(err) => {
                 eprintln!("tollway-loadtest outage: {err}");
+                ExitCode::from(2)
+            }
+        },
+        Scenario::Records(options) => match records::run(&options, open_file_limit).await {
+            Ok(report) => {
+                records::print_summary(&report);
+                tracing::info!(report = %options.common.report.display(), "records report written");
+                exit_code(report.invariants_held)
+            }
+            Err(err) => {
+                eprintln!("tollway-loadtest records: {err}");
+                ExitCode::from(2)
+            }
+        },
+        Scenario::Fanout(options) => match fanout::run(&options, open_file_limit).await {
+            Ok(report) => {
+                fanout::print_summary(&report);
+                tracing::info!(report = %options.common.report.display(), "fanout report written");
+                exit_code(report.invariants_held)
+            }
+            Err(err) => {
+                eprintln!("tollway-loadtest fanout: {err}");
                 ExitCode::from(2)
             }
         },

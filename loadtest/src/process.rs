@@ -3,7 +3,7 @@
 //! process from `/proc/PID/status` and `/proc/PID/stat` (Linux only).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -116,6 +116,42 @@ impl CpuSampler {
             }
             previous = Some((pid, ticks, now));
         }
+    }
+}
+
+/// Samples the resident memory of one process every second and keeps the
+/// highest value seen.
+#[derive(Clone)]
+pub struct RssSampler {
+    /// Peak VmRSS in bytes.
+    peak: Arc<AtomicU64>,
+}
+
+impl RssSampler {
+    /// Starts sampling `pid` until `stop` is cancelled.
+    pub fn start(pid: u32, stop: CancellationToken) -> Self {
+        let sampler = RssSampler {
+            peak: Arc::new(AtomicU64::new(0)),
+        };
+        let peak = sampler.peak.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = interval.tick() => {}
+                }
+                if let Some(bytes) = rss_bytes(pid) {
+                    peak.fetch_max(bytes, Ordering::Relaxed);
+                }
+            }
+        });
+        sampler
+    }
+
+    /// Returns the peak RSS in bytes, or `None` when no sample was taken.
+    pub fn peak(&self) -> Option<u64> {
+        Some(self.peak.load(Ordering::Relaxed)).filter(|&bytes| bytes > 0)
     }
 }
 

@@ -1,9 +1,11 @@
 //! Scaled-down runs of the scenarios through the real `tollway-loadtest`
-//! program, against the real `tollway-broker`, bridge and centre and
-//! Mosquitto on loopback. They check correctness only: every node back in
-//! every round, every node connected throughout the idle window, every
-//! record at the national store exactly once after an outage, and a
-//! well-formed report. Speed is never checked here.
+//! program, against the real `tollway-broker`, Mosquitto, `tollway-bridge`
+//! and `tollway-center` on loopback. They check correctness only: every node
+//! back in every round, every node connected throughout the idle window,
+//! every record acknowledged and stored once, every record at the
+//! national store exactly once after an outage, every node reporting every
+//! deployment change, and a well-formed report. Speed is never checked
+//! here.
 
 use std::path::Path;
 use std::process::Command;
@@ -162,6 +164,150 @@ fn idle_fleet_stays_connected_and_is_measured() {
             "{name}: no connect bytes"
         );
     }
+}
+
+/// Returns `--center-bin` and the path of the workspace's `tollway-center`.
+fn center_bin() -> [String; 2] {
+    [
+        "--center-bin".to_string(),
+        bin_path("tollway-center").display().to_string(),
+    ]
+}
+
+#[test]
+fn records_are_acknowledged_and_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let report_path = dir.path().join("records.json");
+    let center = center_bin();
+    let report = run_scenario(
+        &[
+            "records",
+            "--nodes",
+            "50",
+            "--rate",
+            "500",
+            "--duration-s",
+            "10",
+            "--warmup-s",
+            "2",
+            "--drain-timeout-s",
+            "60",
+            &center[0],
+            &center[1],
+        ],
+        &report_path,
+    );
+
+    assert_eq!(report["scenario"], "records");
+    assert_eq!(report["invariants_held"], true);
+    let runs = report["runs"].as_array().expect("runs is an array");
+    assert_eq!(runs.len(), 2, "expected tollway and mosquitto");
+    for run in runs {
+        let name = run["broker"].to_string();
+        assert_eq!(run["error"], Value::Null, "{name} ended early");
+        let created = run["records_created"].as_u64().unwrap_or(0);
+        assert!(created > 0, "{name}: no records created");
+        assert_eq!(
+            run["records_acknowledged"].as_u64(),
+            Some(created),
+            "{name}: not every record acknowledged"
+        );
+        assert_eq!(
+            run["records_stored"].as_u64(),
+            Some(created),
+            "{name}: the store does not hold exactly the records created"
+        );
+        assert_eq!(run["nodes_mismatched"], 0, "{name}: node watermarks differ");
+        assert_eq!(run["all_acknowledged"], true, "{name}");
+        assert_eq!(run["store_matches"], true, "{name}");
+        assert!(run["latency_p50_ms"].is_f64(), "{name}: no p50 latency");
+        assert!(run["latency_p99_ms"].is_f64(), "{name}: no p99 latency");
+        assert!(
+            run["broker_peak_rss_bytes"].as_u64().unwrap_or(0) > 0,
+            "{name}: no broker RSS"
+        );
+        let ingest = run["ingest"].as_array().expect("ingest is an array");
+        assert_eq!(ingest.len(), 1, "{name}: one ingest process by default");
+        assert_eq!(ingest[0]["batches_invalid"], 0, "{name}: invalid batches");
+        assert_eq!(ingest[0]["store_errors"], 0, "{name}: store errors");
+    }
+    let comparisons = report["comparisons"].as_array().expect("comparisons");
+    assert!(
+        comparisons
+            .iter()
+            .any(|c| c["metric"] == "records_per_s" && c["ratio"].is_f64()),
+        "no ratio against Mosquitto in {comparisons:?}"
+    );
+}
+
+#[test]
+fn fanout_reaches_every_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let report_path = dir.path().join("fanout.json");
+    let center = center_bin();
+    let report = run_scenario(
+        &[
+            "fanout",
+            "--nodes",
+            "200",
+            "--changes",
+            "2",
+            "--change-timeout-s",
+            "60",
+            &center[0],
+            &center[1],
+        ],
+        &report_path,
+    );
+
+    assert_eq!(report["scenario"], "fanout");
+    assert_eq!(report["invariants_held"], true);
+    let runs = report["runs"].as_array().expect("runs is an array");
+    assert_eq!(runs.len(), 2, "expected tollway and mosquitto");
+    for run in runs {
+        let name = run["broker"].to_string();
+        assert_eq!(run["error"], Value::Null, "{name} ended early");
+        assert_eq!(run["initial"]["reported"], 200, "{name}: first deployment");
+        let changes = run["changes"].as_array().expect("changes is an array");
+        assert_eq!(changes.len(), 2, "{name}: wrong number of changes");
+        for change in changes {
+            let number = &change["change"];
+            assert_eq!(change["all_reported"], true, "{name} change {number}");
+            assert_eq!(change["reported"], 200, "{name} change {number}");
+            let p99 = change["p99_s"].as_f64().expect("p99_s");
+            let p100 = change["p100_s"].as_f64().expect("p100_s");
+            assert!(
+                p99 <= p100,
+                "{name} change {number}: p99 {p99} > p100 {p100}"
+            );
+        }
+        assert_eq!(
+            run["controller_nodes_current"], 200,
+            "{name}: the controller does not see every node current"
+        );
+        assert_eq!(run["statuses_skipped"], 0, "{name}: statuses skipped");
+    }
+    let comparisons = report["comparisons"].as_array().expect("comparisons");
+    assert!(
+        comparisons
+            .iter()
+            .any(|c| c["metric"] == "median_p100_s" && c["ratio"].is_f64()),
+        "no ratio against Mosquitto in {comparisons:?}"
+    );
+}
+
+#[test]
+fn records_rejects_an_invalid_rate() {
+    let output = Command::new(bin_path("tollway-loadtest"))
+        .args(["records", "--rate", "fast", "--report", "/dev/null"])
+        .output()
+        .expect("tollway-loadtest did not start");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
+    assert!(
+        stderr.contains("\"fast\"") && stderr.contains("max"),
+        "the error does not name the value and the fix: {stderr}"
+    );
 }
 
 #[test]
