@@ -125,6 +125,16 @@ pub struct ServiceListener {
     pub limits: ListenerLimits,
 }
 
+/// Queue length per client on the node and bridge listeners by default.
+pub const CLIENT_MQUEUE_LEN: usize = 1000;
+
+/// Queue length per client on the service listener by default. A few centre
+/// services (ingest, controller, bridge) receive what the whole fleet sends,
+/// so after a reconnect storm 10,000 nodes' presences and statuses arrive
+/// together; 1000 would drop most of them. At about 1 KiB per status this
+/// bounds one service client's queue near 50 MiB.
+pub const SERVICE_MQUEUE_LEN: usize = 50_000;
+
 /// Limits of one listener. The defaults are sized for a provincial broker
 /// with up to 10,000 nodes.
 #[derive(Debug, Clone, Deserialize)]
@@ -142,8 +152,9 @@ pub struct ListenerLimits {
     pub max_inflight: u16,
     /// Maximum messages queued for one client behind its in-flight window.
     /// QoS 1 messages beyond it are dropped (and counted as dropped), so a
-    /// broker's PUBACK is never custody. Default: 1000.
-    pub max_mqueue_len: usize,
+    /// broker's PUBACK is never custody. Default: 1000 on the node and
+    /// bridge listeners, [`SERVICE_MQUEUE_LEN`] on the service listener.
+    pub max_mqueue_len: Option<usize>,
     /// Whether keep-alive 0 (no keep-alive) is accepted, as MQTT 3.1.1
     /// allows. Default: true.
     pub allow_zero_keepalive: bool,
@@ -168,7 +179,7 @@ impl Default for ListenerLimits {
             max_connections: 20_000,
             max_packet_bytes: MAX_PACKET_BYTES as u32,
             max_inflight: 16,
-            max_mqueue_len: 1000,
+            max_mqueue_len: None,
             allow_zero_keepalive: true,
             max_handshaking_limit: 200,
             new_connections_per_second: 500,
@@ -376,6 +387,11 @@ impl Config {
 }
 
 impl ListenerLimits {
+    /// The queue length per client: the configured one, or `default`.
+    pub fn mqueue_len(&self, default: usize) -> usize {
+        self.max_mqueue_len.unwrap_or(default)
+    }
+
     fn check(&self, problems: &mut Problems, section: &str) {
         if self.max_connections == 0 {
             problems.push(
@@ -394,7 +410,7 @@ impl ListenerLimits {
         if self.max_inflight == 0 {
             problems.push(&format!("{section}.max_inflight"), 0, "must be at least 1");
         }
-        if self.max_mqueue_len == 0 {
+        if self.max_mqueue_len == Some(0) {
             problems.push(
                 &format!("{section}.max_mqueue_len"),
                 0,
@@ -467,6 +483,27 @@ mod tests {
             text.contains("service_listener.limits.max_inflight"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn queue_length_defaults_per_listener() {
+        let config = parse(
+            "profile = \"national\"\n\
+             [service_listener]\npassword_file = \"p\"\n\
+             [service_listener.limits]\nmax_inflight = 32\n",
+        )
+        .unwrap();
+        let limits = &config.service_listener.limits;
+        assert_eq!(limits.mqueue_len(SERVICE_MQUEUE_LEN), 50_000);
+
+        let config = parse(
+            "profile = \"national\"\n\
+             [service_listener]\npassword_file = \"p\"\n\
+             [service_listener.limits]\nmax_mqueue_len = 10\n",
+        )
+        .unwrap();
+        let limits = &config.service_listener.limits;
+        assert_eq!(limits.mqueue_len(SERVICE_MQUEUE_LEN), 10);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use rmqtt::net::{Builder, Listener};
 
-use crate::config::{Config, ListenerLimits};
+use crate::config::{CLIENT_MQUEUE_LEN, Config, ListenerLimits, SERVICE_MQUEUE_LEN};
 use crate::pacing::Pacer;
 use crate::passwords::{PasswordFile, PasswordFileError};
 
@@ -80,6 +80,8 @@ struct ListenerSpec<'a> {
     name: &'static str,
     bind: SocketAddr,
     limits: &'a ListenerLimits,
+    /// Queue length per client when the limits do not set one.
+    default_mqueue_len: usize,
     tls: Option<TlsFiles<'a>>,
     role: Role,
 }
@@ -102,6 +104,7 @@ pub fn bind_all(config: &Config) -> Result<(Vec<Listener>, ListenerTable), Liste
             name: "node_listener",
             bind: node.bind,
             limits: &node.limits,
+            default_mqueue_len: CLIENT_MQUEUE_LEN,
             tls: Some(TlsFiles {
                 cert: &node.cert_file,
                 key: &node.key_file,
@@ -115,6 +118,7 @@ pub fn bind_all(config: &Config) -> Result<(Vec<Listener>, ListenerTable), Liste
             name: "bridge_listener",
             bind: bridge.bind,
             limits: &bridge.limits,
+            default_mqueue_len: CLIENT_MQUEUE_LEN,
             tls: Some(TlsFiles {
                 cert: &bridge.cert_file,
                 key: &bridge.key_file,
@@ -128,6 +132,7 @@ pub fn bind_all(config: &Config) -> Result<(Vec<Listener>, ListenerTable), Liste
         name: "service_listener",
         bind: service.bind,
         limits: &service.limits,
+        default_mqueue_len: SERVICE_MQUEUE_LEN,
         tls: None,
         role: load_passwords("service_listener", &service.password_file)?,
     });
@@ -186,7 +191,7 @@ fn bind_one(spec: &ListenerSpec<'_>) -> Result<Listener, ListenerError> {
         .handshake_timeout(Duration::from_secs(limits.handshake_timeout_s))
         .max_packet_size(limits.max_packet_bytes)
         .max_inflight(max_inflight)
-        .max_mqueue_len(limits.max_mqueue_len)
+        .max_mqueue_len(limits.mqueue_len(spec.default_mqueue_len))
         .allow_zero_keepalive(limits.allow_zero_keepalive)
         // Every client must authenticate: a certificate CN or a password.
         .allow_anonymous(false);
