@@ -13,10 +13,13 @@
 //! resent copy for the bridge, so the growing wait keeps an outage of hours
 //! from filling that queue with copies.
 //!
-//! NOTE: after the link returns, forwarding resumes at the next resend, up
-//! to `resend_cap_s` later. The bridge publishes its state retained on the
-//! provincial broker, but the forwarder does not yet resend when it changes
-//! to online.
+//! NOTE: when the provincial broker dropped copies during an outage (its
+//! queue for the bridge overflowed), forwarding resumes only at the next
+//! resend after the link returns, up to `resend_cap_s` later. The bridge
+//! publishes its online state on the national broker only, so the forwarder
+//! cannot see the link return. Copies the broker kept reach the nation as
+//! soon as the bridge reconnects (the outage benchmark drained 30,000
+//! records in 4 s).
 //!
 //! NOTE: forwarding seqs are per store, and ForwardBatch names only the
 //! province. Two ingest processes of one province that both run a forwarder
