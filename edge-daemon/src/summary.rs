@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use time::{OffsetDateTime, UtcOffset};
+use time::OffsetDateTime;
 use tollway_runtime::CancellationToken;
-use tollway_topics::{Message, NodeKind};
+use tollway_topics::{Message, NodeKind, hour_batch_at};
 
 use crate::link::LinkHandle;
 use crate::outbox::Outbox;
@@ -127,13 +127,8 @@ async fn publish_due(outbox: &Outbox, link: &LinkHandle) {
 
 /// Returns the hour batch (`YYYYMMDDHH`, China Standard Time) of `now`.
 pub fn current_hour_batch(now: OffsetDateTime) -> u32 {
-    let offset = UtcOffset::from_hms(8, 0, 0).expect("UTC+8 is a valid offset");
-    let local = now.to_offset(offset);
-    let year = u32::try_from(local.year()).unwrap_or(0);
-    year * 1_000_000
-        + u32::from(u8::from(local.month())) * 10_000
-        + u32::from(local.day()) * 100
-        + u32::from(local.hour())
+    let unix_ms = u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    hour_batch_at(unix_ms)
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@
 use rand::Rng;
 use rand::rngs::StdRng;
 use time::{OffsetDateTime, UtcOffset};
-use tollway_topics::{MediaType, PlateColour, TollRecord, TradeResult, VehicleClass, VehicleType};
+use tollway_topics::{
+    MediaType, PlateColour, TollRecord, TradeResult, VehicleClass, VehicleType, hour_batch_at,
+};
 
 /// Discount on OBU payments, in percent: the national ETC discount.
 const OBU_DISCOUNT_PCT: u32 = 5;
@@ -96,7 +98,7 @@ impl Generator {
                 TradeResult::Success
             },
             antenna_id: self.rng.random_range(1..=8),
-            hour_batch: hour_batch(now_ms),
+            hour_batch: hour_batch_at(now_ms),
         }
     }
 
@@ -207,16 +209,6 @@ fn local_time(now_ms: u64) -> OffsetDateTime {
     utc.to_offset(UtcOffset::from_hms(8, 0, 0).expect("UTC+8 is a valid offset"))
 }
 
-/// Returns the hour batch number `YYYYMMDDHH` in China Standard Time.
-pub fn hour_batch(now_ms: u64) -> u32 {
-    let local = local_time(now_ms);
-    let year = u32::try_from(local.year()).unwrap_or(2000);
-    year * 1_000_000
-        + u32::from(u8::from(local.month())) * 10_000
-        + u32::from(local.day()) * 100
-        + u32::from(local.hour())
-}
-
 /// Plate prefixes by two-digit administrative code.
 const PROVINCE_PREFIXES: &[(u8, &str)] = &[
     (11, "京"),
@@ -302,9 +294,19 @@ mod tests {
     }
 
     #[test]
-    fn hour_batch_uses_china_standard_time() {
-        // 2026-12-04 23:30 UTC is 2026-12-05 07:30 in Beijing.
-        let ms = 1_796_427_000_000;
-        assert_eq!(hour_batch(ms), 2026120507);
+    fn hour_batch_matches_the_time_crate() {
+        // Every 7 hours and 13 minutes from 1970 to 2100, so every hour of
+        // the day, leap days and year ends come round.
+        let step_ms = (7 * 3600 + 13 * 60) * 1000;
+        let mut ms = 0u64;
+        while ms < 4_102_444_800_000 {
+            let local = local_time(ms);
+            let expected = u32::try_from(local.year()).unwrap() * 1_000_000
+                + u32::from(u8::from(local.month())) * 10_000
+                + u32::from(local.day()) * 100
+                + u32::from(local.hour());
+            assert_eq!(hour_batch_at(ms), expected, "at {ms} ms");
+            ms += step_ms;
+        }
     }
 }

@@ -19,6 +19,8 @@ pub use desired::{AppSpec, DesiredState, Mount, PortMapping, Protocol, Resources
 pub use forward::{BridgeState, CenterEvent, EventKind, ForwardBatch, ForwardedRecord};
 pub use presence::Presence;
 pub use province::ProvinceStatus;
-pub use record::{MediaType, PlateColour, TollRecord, TradeResult, VehicleClass, VehicleType};
+pub use record::{
+    MediaType, PlateColour, TollRecord, TradeResult, VehicleClass, VehicleType, hour_batch_at,
+};
 pub use status::{AppState, AppStatus, NodeStatus};
 pub use summary::HourlySummary;

@@ -172,6 +172,31 @@ impl Message for TollRecord {
     }
 }
 
+/// Returns the hour batch `YYYYMMDDHH` in China Standard Time (UTC+8, no
+/// daylight saving) of a moment in Unix milliseconds.
+pub fn hour_batch_at(unix_ms: u64) -> u32 {
+    let local_s = unix_ms / 1000 + 8 * 3600;
+    let (year, month, day) = civil_from_days(local_s / 86_400);
+    let hour = (local_s % 86_400 / 3600) as u32;
+    year * 1_000_000 + month * 10_000 + day * 100 + hour
+}
+
+/// Converts days since 1970-01-01 to a proleptic Gregorian (year, month,
+/// day), with Howard Hinnant's `civil_from_days` algorithm for days on or
+/// after the epoch.
+fn civil_from_days(days: u64) -> (u32, u32, u32) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = (yoe + era * 400) as u32 + u32::from(month <= 2);
+    (year, month, day)
+}
+
 /// Reports whether `value` reads as `YYYYMMDDHH` with a plausible date.
 pub(crate) fn is_hour_batch(value: u32) -> bool {
     let hour = value % 100;
@@ -315,6 +340,17 @@ impl VehicleType {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hour_batch_at_uses_china_standard_time() {
+        // 2026-12-04T23:30:00Z is 07:30 on 5 December in Beijing.
+        assert_eq!(hour_batch_at(1_796_427_000_000), 2026120507);
+        // 2024-02-28T16:00:00Z is midnight of the leap day.
+        assert_eq!(hour_batch_at(1_709_136_000_000), 2024022900);
+        // 1999-12-31T16:00:00Z is midnight of 2000-01-01.
+        assert_eq!(hour_batch_at(946_656_000_000), 2000010100);
+        assert_eq!(hour_batch_at(0), 1970010108);
+    }
 
     #[test]
     fn hour_batch_accepts_real_hours_only() {
