@@ -1,6 +1,6 @@
-//! The retention service: runs the record store's prune passes at a fixed
-//! interval in a process that forwards records (a province) or receives
-//! them (the national centre). Which records may go is the store's rule
+//! The retention service: runs the record store's prune passes (records,
+//! then completed hourly summaries) at a fixed interval in a process that
+//! forwards records (a province) or receives them (the national centre). Which records may go is the store's rule
 //! (`store/retention.rs`).
 
 use std::sync::Arc;
@@ -37,6 +37,7 @@ pub fn start(
         loop {
             let cutoff_ms = now_ms().saturating_sub(retention_ms);
             run_pass(&store, &stats, scope, cutoff_ms, max).await;
+            prune_summaries(&store, &stats, cutoff_ms, max).await;
             tokio::select! {
                 _ = token.cancelled() => break,
                 _ = tokio::time::sleep(interval) => {}
@@ -78,5 +79,36 @@ async fn run_pass(
     }
     if removed > 0 {
         tracing::info!(?scope, removed, cutoff_ms, "expired records deleted");
+    }
+}
+
+/// Deletes completed hourly summaries older than the cutoff, in batches of
+/// `max`, until none is left or a batch fails.
+async fn prune_summaries(store: &Arc<RecordStore>, stats: &Arc<Stats>, cutoff_ms: u64, max: usize) {
+    let mut removed = 0;
+    loop {
+        let batch_store = Arc::clone(store);
+        let result =
+            tokio::task::spawn_blocking(move || batch_store.prune_summaries(cutoff_ms, max)).await;
+        match result {
+            Ok(Ok(report)) => {
+                removed += report.removed;
+                Stats::add(&stats.summaries_pruned, report.removed);
+                if !report.more {
+                    break;
+                }
+            }
+            Ok(Err(err)) => {
+                tracing::error!(removed, error = %err, "summary retention pass stopped; the next pass tries again");
+                return;
+            }
+            Err(err) => {
+                tracing::error!(removed, error = %err, "summary retention task failed; the next pass tries again");
+                return;
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::info!(removed, cutoff_ms, "expired hourly summaries deleted");
     }
 }

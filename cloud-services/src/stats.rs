@@ -80,6 +80,8 @@ counters! {
     store_errors,
     /// Records deleted by retention.
     records_pruned,
+    /// Completed hourly summaries deleted by retention.
+    summaries_pruned,
 }
 
 impl Stats {

@@ -393,6 +393,9 @@ fn write_mosquitto_config(
         ),
     )?;
     // Limits as in Tollway's listener defaults, where Mosquitto has them.
+    // Mosquitto's queue length is one setting for every client, so it takes
+    // the service listener's 50,000: the centre's sessions receive what the
+    // whole fleet sends, and nodes receive little.
     // NOTE: with `max_inflight_messages` 2 or more, the ingest of
     // `tollway-center` stops reading its subscription from Mosquitto 2.0.11
     // after a few hundred record batches, leaving them unread in its
@@ -408,7 +411,7 @@ fn write_mosquitto_config(
          log_type warning\n\
          connection_messages false\n\
          max_inflight_messages 16\n\
-         max_queued_messages 1000\n\
+         max_queued_messages 50000\n\
          allow_anonymous false\n\
          password_file {passwd}\n\
          acl_file {acl}\n\

@@ -12,19 +12,20 @@
 //! both stores compare its seq with the node's contiguous watermark, which
 //! pruning leaves in place.
 //!
-//! NOTE: hourly summaries (`summaries_done`) are not pruned yet. They are
-//! one small entry per node, gantry and hour.
+//! Summaries that reconciliation proved complete (`summaries_done`) go once
+//! their hour is older than the retention window. Summaries still pending
+//! stay however old: they name hours with records missing.
 
 use std::collections::HashSet;
 
 use rocksdb::{Direction, IteratorMode, WriteBatch};
-use tollway_topics::Province;
+use tollway_topics::{HourlySummary, Message, Province, hour_batch_at};
 
 use super::error::read_error;
 use super::keys::{forward_key, forward_mark_key, gantry_key, parse_record_key};
 use super::{
-    BY_GANTRY_CF, FORWARD_ACKED_KEY, FORWARD_CF, MARKS_CF, RECORDS_CF, RecordStore, StoreError,
-    corrupt, keys_default, synced,
+    BY_GANTRY_CF, FORWARD_ACKED_KEY, FORWARD_CF, MARKS_CF, RECORDS_CF, RecordStore,
+    SUMMARIES_DONE_CF, StoreError, corrupt, keys_default, synced,
 };
 
 /// The records a store may prune.
@@ -140,6 +141,43 @@ impl RecordStore {
                 (PruneScope::National, Some(next)) => seek = vec![next],
                 _ => break,
             }
+        }
+
+        if !batch.is_empty() {
+            self.db
+                .write_opt(batch, &synced())
+                .map_err(|source| StoreError::Prune {
+                    removed: report.removed,
+                    source,
+                })?;
+        }
+        Ok(report)
+    }
+
+    /// Deletes at most `max` proved-complete hourly summaries of hours that
+    /// began before `cutoff_ms`.
+    pub fn prune_summaries(&self, cutoff_ms: u64, max: usize) -> Result<PruneReport, StoreError> {
+        let _writer = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
+        let cutoff_hour = hour_batch_at(cutoff_ms);
+        let mut batch = WriteBatch::default();
+        let mut report = PruneReport::default();
+
+        for entry in self
+            .db
+            .iterator_cf(self.cf(SUMMARIES_DONE_CF), IteratorMode::Start)
+        {
+            let (key, value) = entry.map_err(read_error("summaries_done"))?;
+            let summary = HourlySummary::from_cbor(&value)
+                .map_err(|err| corrupt("a completed summary", err.to_string()))?;
+            if summary.hour_batch >= cutoff_hour {
+                continue;
+            }
+            if report.removed as usize >= max {
+                report.more = true;
+                break;
+            }
+            batch.delete_cf(self.cf(SUMMARIES_DONE_CF), &key);
+            report.removed += 1;
         }
 
         if !batch.is_empty() {
@@ -318,5 +356,55 @@ mod tests {
             .unwrap();
         assert_eq!(report.removed, 2);
         assert_eq!(gantry_count(&store), 0);
+    }
+
+    #[test]
+    fn completed_summaries_go_after_their_hour_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RecordStore::open(dir.path()).unwrap();
+        let (p44, node) = (province(44), NodeId::new("n1").unwrap());
+        let now = super::super::now_ms();
+        let summary = |hour_batch: u32, gantry: &str| {
+            let mut summary = samples::hourly_summary();
+            summary.hour_batch = hour_batch;
+            summary.gantry_id = gantry.to_string();
+            summary
+        };
+
+        // An old and a current summary completed, an old one still pending.
+        for summary in [
+            summary(2026010100, "G1"),
+            summary(hour_batch_at(now), "G1"),
+            summary(2026010100, "G2"),
+        ] {
+            assert!(store.put_summary(p44, &node, &summary).unwrap());
+        }
+        for pending in store.pending_summaries(10).unwrap() {
+            if pending.summary.gantry_id == "G1" {
+                store.mark_summary_complete(&pending).unwrap();
+            }
+        }
+
+        let report = store.prune_summaries(now - 3_600_000, 100).unwrap();
+        assert_eq!(
+            report,
+            PruneReport {
+                removed: 1,
+                more: false
+            }
+        );
+        assert_eq!(store.pending_summaries(10).unwrap().len(), 1);
+        // The pruned summary, sent again, is new work; the current one is
+        // still known as done.
+        assert!(
+            store
+                .put_summary(p44, &node, &summary(2026010100, "G1"))
+                .unwrap()
+        );
+        assert!(
+            !store
+                .put_summary(p44, &node, &summary(hour_batch_at(now), "G1"))
+                .unwrap()
+        );
     }
 }
