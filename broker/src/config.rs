@@ -387,7 +387,7 @@ impl Config {
 }
 
 impl ListenerLimits {
-    /// The queue length per client: the configured one, or `default`.
+    /// Returns the queue length per client: the configured one, or `default`.
     pub fn mqueue_len(&self, default: usize) -> usize {
         self.max_mqueue_len.unwrap_or(default)
     }

@@ -43,7 +43,7 @@ pub struct ChainPrograms {
 }
 
 impl ChainPrograms {
-    /// The bridge and centre programs next to `tollway-broker`.
+    /// Returns the bridge and centre programs next to `tollway-broker`.
     pub fn beside_broker(brokers: Programs) -> Self {
         let dir = brokers
             .tollway_broker
@@ -316,8 +316,8 @@ bind = "{metrics}"
     )
 }
 
-/// A `tollway-center` configuration on a service listener, with `services`
-/// appended (the sections that choose what the process runs).
+/// Returns a `tollway-center` configuration on a service listener, with
+/// `services` appended (the sections that choose what the process runs).
 fn centre_config(
     client_id: &str,
     broker: SocketAddr,

@@ -104,7 +104,7 @@ pub struct OutageOptions {
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=2000))]
     pub batch_records: u64,
 
-    /// Longest wait for the national store to catch up after the nodes
+    /// Maximum wait for the national store to catch up after the nodes
     /// stop producing, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
     pub drain_timeout_s: u64,
@@ -397,8 +397,8 @@ async fn drive(
     Ok(figures)
 }
 
-/// Notes the drain time once the nation holds what the province held at
-/// the restore.
+/// Records the drain time once the national store contains what the
+/// province had stored when the link returned.
 fn check_restore_drain(
     target: &mut Option<(u64, Instant)>,
     figures: &mut RunFigures,

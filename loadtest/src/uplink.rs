@@ -16,10 +16,10 @@
 //! One tokio task per node: the scenarios that use this module run tens to
 //! hundreds of nodes, not the storm's thousands.
 //!
-//! Bounds: the in-memory outbox holds what the node produced and the
-//! centre has not acknowledged; a node stops producing (and counts the
-//! records it could not produce) when its outbox holds `max_outbox`
-//! records, as the daemon stops taking records at its disk cap.
+//! Bounds: the in-memory outbox contains what the node produced and the
+//! centre has not acknowledged. Once it contains `max_outbox` records, the
+//! node rejects new ones and counts them, as the daemon rejects records at
+//! its disk cap.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -67,7 +67,7 @@ pub struct UplinkSpec {
     /// Wait for an acknowledgement of the oldest batch before sending
     /// again from the watermark (the daemon's default is 30 s).
     pub resend_timeout: Duration,
-    /// Records a node holds unacknowledged before it stops producing.
+    /// Unacknowledged records a node keeps before it rejects new ones.
     pub max_outbox: usize,
     pub keep_alive: Duration,
     pub backoff: BackoffConfig,
@@ -325,8 +325,9 @@ impl Node {
         options
     }
 
-    /// A new session: presence, the acknowledgement subscription, and the
-    /// whole unacknowledged outbox sent again from the watermark.
+    /// Starts a new session: publishes presence, subscribes to
+    /// acknowledgements and sends the unacknowledged outbox again from the
+    /// watermark.
     fn on_connected(&mut self, client: &AsyncClient, sessions: u64) {
         let presence = Presence::online(
             unix_ms(),
@@ -350,10 +351,10 @@ impl Node {
         self.send_window(client);
     }
 
-    /// Offers records until `due` have been offered since the start. A
-    /// record offered while the outbox is full is refused and counted, as
-    /// the daemon refuses an app's record at its disk cap; it is not made
-    /// up for later.
+    /// Offers records until `due` have been offered since the start.
+    /// A record offered while the outbox is full is rejected and counted,
+    /// as the daemon rejects an app's record at its disk cap. It is not
+    /// produced later.
     fn produce_until(&mut self, due: u64) {
         while self.offered < due {
             self.offered += 1;
@@ -468,7 +469,7 @@ impl Node {
     }
 }
 
-/// The gantry id of node `index`: one gantry per node, province 44.
+/// Returns the gantry id of node `index`: one gantry per node, province 44.
 pub fn gantry_id(index: usize) -> String {
     format!("G0044{index:07}010")
 }

@@ -259,7 +259,7 @@ impl RecordStore {
         }
 
         // Each node's contiguous watermark, as a provincial store keeps it,
-        // so the national store can say how far every node's records got.
+        // so a query on the national store shows how far a node's records got.
         for (node, seqs) in &added_by_node {
             let node_mark = node_mark_key(province, node);
             let node_through = node_marks.get(node).copied().unwrap_or(0);
