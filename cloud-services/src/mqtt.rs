@@ -29,6 +29,11 @@ use crate::stats::Stats;
 /// waits. While the broker is unreachable, callers wait here.
 const PUBLISH_QUEUE: usize = 256;
 
+/// Maximum of messages a broker can have sent to one connection without an
+/// acknowledgement yet: QoS 1 packet ids are 16 bits and nonzero, and two
+/// unacknowledged messages never share one (MQTT 3.1.1, section 2.3.1).
+const MAX_UNACKED: usize = u16::MAX as usize;
+
 /// Connection settings resolved from the configuration, password included.
 #[derive(Clone)]
 pub struct MqttSettings {
@@ -98,6 +103,16 @@ impl Delivery {
             tracing::debug!(topic = %self.publish.topic, "connection changed since delivery; the broker resends, no ack sent");
             return;
         }
+        if self.client.try_ack(&self.publish).is_ok() {
+            return;
+        }
+        // Not reached while the broker keeps packet ids distinct. The wait
+        // below can stall this service (see `run_subscriber`).
+        tracing::warn!(
+            topic = %self.publish.topic,
+            pkid = self.publish.pkid,
+            "cannot queue the ack at once; waiting"
+        );
         if let Err(err) = self.client.ack(&self.publish).await {
             tracing::debug!(error = %err, topic = %self.publish.topic, "ack not sent; the connection is gone");
         }
@@ -145,14 +160,19 @@ async fn run_subscriber(
         role,
         filters,
         clean_session,
-        queue,
+        queue: _,
     } = subscription;
     let mut backoff = Backoff::new(settings.backoff);
     let connection = Arc::new(AtomicU64::new(0));
-    // Room for an ack of every queued message and of every message the
-    // broker may have in flight, so that `Delivery::ack` never waits on a
-    // poll task that waits on the queue.
-    let capacity = queue * 2 + 256;
+    // Room for an ack of every message the broker can have unacknowledged
+    // (one per packet id), plus subscribes, so that `Delivery::ack` does not
+    // wait. While the service's queue is full, this task waits in `send` and
+    // does not poll, so nothing drains this channel, and a service waiting
+    // to ack would take no further message: a deadlock. Mosquitto 2.0.11
+    // with `max_inflight_messages 16` left 384 acks queued towards the
+    // ingest, the earlier capacity. flume allocates the channel as it fills.
+    // Pinned by `ingest_keeps_reading_mosquitto_burst`.
+    let capacity = MAX_UNACKED + filters.len() + 16;
 
     loop {
         let mut options = settings.options(role, clean_session, true);

@@ -396,10 +396,6 @@ fn write_mosquitto_config(
     // Mosquitto's queue length is one setting for every client, so it takes
     // the service listener's 50,000: the centre's sessions receive what the
     // whole fleet sends, and nodes receive little.
-    // NOTE: with `max_inflight_messages` 2 or more, the ingest of
-    // `tollway-center` stops reading its subscription from Mosquitto 2.0.11
-    // after a few hundred record batches, leaving them unread in its
-    // socket; with 1 it keeps up. The cause is not found yet.
     // With `per_listener_settings false` the password file and the ACL
     // apply to both listeners; a certificate login skips the password check.
     let mut config = format!(

@@ -71,6 +71,14 @@ impl MosquittoFiles {
         }
     }
 
+    /// Appends global settings (one per line, e.g. `max_inflight_messages 16`)
+    /// to the configuration, before [`MosquittoFiles::start`].
+    pub fn append_config(&self, lines: &str) {
+        let mut config = std::fs::read_to_string(&self.config).unwrap();
+        config.push_str(lines);
+        std::fs::write(&self.config, config).unwrap();
+    }
+
     /// Starts `mosquitto -c CONFIG` and waits until both ports listen.
     pub fn start(&self) -> Mosquitto {
         let child = Command::new("mosquitto")

@@ -109,13 +109,19 @@ impl Center {
     /// `dir/store`) and starts the process; returns once its subscriptions
     /// are granted.
     pub fn start(files: &BrokerFiles, dir: &Path, spec: &CenterSpec) -> Center {
+        Center::start_on(files.ports.service, dir, spec)
+    }
+
+    /// As [`Center::start`], for a broker whose service listener (password
+    /// login as `SERVICE_USER`) is on `broker_port`.
+    pub fn start_on(broker_port: u16, dir: &Path, spec: &CenterSpec) -> Center {
         let query_port = free_port();
         std::fs::create_dir_all(dir).unwrap();
         let password_file = dir.join("password");
         std::fs::write(&password_file, format!("{SERVICE_PASSWORD}\n")).unwrap();
         let mut text = format!(
             "[broker]\nport = {port}\nusername = \"{SERVICE_USER}\"\npassword_file = \"{password}\"\nclient_id = \"{client}\"\nbackoff = {{ base_ms = 100, cap_ms = 1000 }}\n\n[store]\npath = \"{store}\"\n\n[query]\nbind = \"127.0.0.1:{query_port}\"\n",
-            port = files.ports.service,
+            port = broker_port,
             password = password_file.display(),
             client = spec.client_id,
             store = dir.join("store").display(),
