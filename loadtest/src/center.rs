@@ -1,28 +1,20 @@
 //! `tollway-center` processes started by a scenario: record ingest with a
 //! RocksDB store, or the provincial controller, each in its own temporary
-//! directory and logged in to the broker's password listener. Also a small
-//! HTTP GET for their loopback JSON APIs.
+//! directory and logged in to the broker's password listener.
 
-use std::fs::File;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::PathBuf;
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::servers::{PLAIN_PASSWORD, PLAIN_USER};
+use crate::service::{self, Service as Process, ServiceError};
 
-/// Time a centre process has to serve its API and get its subscriptions.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Time a centre process has to exit after SIGTERM before it is killed.
-const STOP_TIMEOUT: Duration = Duration::from_secs(15);
-/// Time one API request may take.
-const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest API response read, in bytes.
-const MAX_RESPONSE_BYTES: u64 = 16 * 1024 * 1024;
+/// Time an ingest process has to get its subscriptions once its API serves.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Options of scenarios that start centre services.
 #[derive(Debug, Clone, Args)]
@@ -60,45 +52,6 @@ pub enum Service {
     Controller,
 }
 
-/// A centre process that could not be started, queried or stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum CenterError {
-    #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-
-    #[error("cannot run {program}: {source}; build the workspace or pass --center-bin")]
-    Spawn {
-        program: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-
-    #[error("tollway-center {name} exited with {status} before it was ready; see its log {log}")]
-    ExitedEarly {
-        name: String,
-        status: ExitStatus,
-        log: PathBuf,
-    },
-
-    #[error("tollway-center {name} was not ready within {timeout:?}; see its log {log}")]
-    NotReady {
-        name: String,
-        timeout: Duration,
-        log: PathBuf,
-    },
-
-    #[error("GET http://{addr}{path} failed: {problem}")]
-    Http {
-        addr: SocketAddr,
-        path: String,
-        problem: String,
-    },
-}
-
 /// A running `tollway-center`, killed on drop.
 pub struct CenterProcess {
     /// Name used in client ids and logs, e.g. `ingest-1`.
@@ -106,8 +59,7 @@ pub struct CenterProcess {
     pub service: Service,
     /// Loopback address of its query or controller API.
     pub api_addr: SocketAddr,
-    log: PathBuf,
-    child: Option<Child>,
+    process: Process,
     _dir: tempfile::TempDir,
 }
 
@@ -120,151 +72,129 @@ impl CenterProcess {
         service: Service,
         name: &str,
         service_addr: SocketAddr,
-    ) -> Result<Self, CenterError> {
+    ) -> Result<Self, ServiceError> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("tollway-loadtest-{name}-"))
             .tempdir()
-            .map_err(|source| CenterError::Write {
+            .map_err(|source| ServiceError::Write {
                 path: std::env::temp_dir(),
                 source,
             })?;
-        let api_port = tollway_testkit::port::reserve();
-        let config = write_config(dir.path(), service, name, service_addr, api_port)?;
-        let log = dir.path().join("center.log");
-        let log_file = File::create(&log).map_err(|source| CenterError::Write {
-            path: log.clone(),
-            source,
-        })?;
-        let log_err = log_file.try_clone().map_err(|source| CenterError::Write {
-            path: log.clone(),
-            source,
-        })?;
+        let api_addr = SocketAddr::from(([127, 0, 0, 1], tollway_testkit::port::reserve()));
+        let password = service::write(
+            dir.path(),
+            "service.password",
+            &format!("{PLAIN_PASSWORD}\n"),
+        )?;
+        let config = config_text(service, name, service_addr, api_addr, &password, dir.path());
+
         let program = options.program();
-        let child = Command::new(&program)
-            .arg("--config")
-            .arg(&config)
-            .arg("--log")
-            .arg(&options.center_log)
-            .stdin(Stdio::null())
-            .stdout(log_file)
-            .stderr(log_err)
-            .spawn()
-            .map_err(|source| CenterError::Spawn { program, source })?;
-        tracing::info!(name, pid = child.id(), api_port, "tollway-center started");
+        let log_filter = options.center_log.clone();
+        let process = tokio::task::block_in_place(|| {
+            Process::start(
+                name,
+                &program,
+                dir.path(),
+                &config,
+                &["--log", &log_filter],
+                api_addr,
+            )
+        })?;
 
         let mut center = CenterProcess {
             name: name.to_string(),
             service,
-            api_addr: SocketAddr::from(([127, 0, 0, 1], api_port)),
-            log,
-            child: Some(child),
+            api_addr,
+            process,
             _dir: dir,
         };
-        center.wait_ready().await?;
+        if service == Service::Ingest {
+            center.wait_subscribed().await?;
+        }
         Ok(center)
     }
 
     /// Process id, or `None` once stopped.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.process.pid()
     }
 
     /// GETs `path` from the process's API and parses the JSON body.
-    pub async fn get(&self, path: &str) -> Result<Value, CenterError> {
-        get_json(self.api_addr, path).await
+    pub async fn get(&self, path: &str) -> Result<Value, ServiceError> {
+        let addr = self.api_addr;
+        let path = path.to_string();
+        tokio::task::spawn_blocking(move || service::get_json(addr, &path))
+            .await
+            .unwrap_or_else(|err| {
+                Err(ServiceError::Http {
+                    addr,
+                    path: String::new(),
+                    reason: format!("the request task failed: {err}"),
+                })
+            })
     }
 
     /// Reads `/v1/stats` of an ingest process.
-    pub async fn stats(&self) -> Result<Value, CenterError> {
+    pub async fn stats(&self) -> Result<Value, ServiceError> {
         self.get("/v1/stats").await
     }
 
     /// Stops the process with SIGTERM (SIGKILL after 15 s).
     pub fn stop(&mut self) -> Option<ExitStatus> {
-        let mut child = self.child.take()?;
-        let pid = child.id();
-        // SAFETY: kill(2) with a pid this process spawned and has not reaped.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                tracing::info!(name = %self.name, pid, %status, "tollway-center stopped");
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                tracing::warn!(name = %self.name, pid, "tollway-center ignored SIGTERM; killing it");
-                let _ = child.kill();
-                return child.wait().ok();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.process.stop()
     }
 
-    async fn wait_ready(&mut self) -> Result<(), CenterError> {
-        let deadline = Instant::now() + READY_TIMEOUT;
+    /// Waits until the broker granted the ingest's three subscriptions
+    /// (records, summary, command results), because the broker delivers a
+    /// batch published before that to no subscriber.
+    async fn wait_subscribed(&mut self) -> Result<(), ServiceError> {
+        let deadline = Instant::now() + SUBSCRIBE_TIMEOUT;
         loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                self.child = None;
-                return Err(CenterError::ExitedEarly {
+            if let Some(status) = self.process.exit_status() {
+                return Err(ServiceError::ExitedEarly {
                     name: self.name.clone(),
                     status,
-                    log: self.log.clone(),
+                    addr: self.api_addr,
+                    log: self.process.log().to_path_buf(),
                 });
             }
-            if self.is_ready().await {
+
+            let granted = self
+                .stats()
+                .await
+                .ok()
+                .and_then(|stats| stats["subscriptions_granted"].as_u64());
+            if granted.is_some_and(|granted| granted >= 3) {
                 return Ok(());
             }
+
             if Instant::now() >= deadline {
-                return Err(CenterError::NotReady {
+                return Err(ServiceError::NotReported {
                     name: self.name.clone(),
-                    timeout: READY_TIMEOUT,
-                    log: self.log.clone(),
+                    waiting_for: "three subscriptions granted",
+                    timeout: SUBSCRIBE_TIMEOUT,
+                    log: self.process.log().to_path_buf(),
                 });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-
-    /// Checks readiness. The controller is ready when its API responds. The
-    /// ingest is ready when the broker granted its three subscriptions
-    /// (records, summary, command results), because the broker delivers a
-    /// batch published before that to no subscriber.
-    async fn is_ready(&self) -> bool {
-        match self.service {
-            Service::Controller => self.get("/v1/nodes").await.is_ok(),
-            Service::Ingest => self
-                .stats()
-                .await
-                .ok()
-                .and_then(|stats| stats["subscriptions_granted"].as_u64())
-                .is_some_and(|granted| granted >= 3),
-        }
-    }
 }
 
-impl Drop for CenterProcess {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn write_config(
-    dir: &Path,
+/// Returns the configuration of `service`, logged in to the broker's
+/// password listener at `broker`.
+fn config_text(
     service: Service,
     name: &str,
     broker: SocketAddr,
-    api_port: u16,
-) -> Result<PathBuf, CenterError> {
-    let password = write(dir, "service.password", &format!("{PLAIN_PASSWORD}\n"))?;
+    api_addr: SocketAddr,
+    password: &std::path::Path,
+    dir: &std::path::Path,
+) -> String {
     let d = dir.display();
     let password = password.display();
     let port = broker.port();
-    let text = match service {
+    match service {
         Service::Ingest => format!(
             r#"# Written by tollway-loadtest.
 [broker]
@@ -282,7 +212,7 @@ province = 44
 group = "ingest"
 
 [query]
-bind = "127.0.0.1:{api_port}"
+bind = "{api_addr}"
 "#
         ),
         Service::Controller => format!(
@@ -290,7 +220,7 @@ bind = "127.0.0.1:{api_port}"
 [controller]
 province = 44
 data_dir = "{d}/controller"
-api_bind = "127.0.0.1:{api_port}"
+api_bind = "{api_addr}"
 
 [controller.broker]
 port = {port}
@@ -300,55 +230,5 @@ password_file = "{password}"
 backoff = {{ base_ms = 100, cap_ms = 2000 }}
 "#
         ),
-    };
-    write(dir, "center.toml", &text)
-}
-
-fn write(dir: &Path, name: &str, contents: &str) -> Result<PathBuf, CenterError> {
-    let path = dir.join(name);
-    std::fs::write(&path, contents).map_err(|source| CenterError::Write {
-        path: path.clone(),
-        source,
-    })?;
-    Ok(path)
-}
-
-/// Sends `GET path` over HTTP/1.1 to a loopback API and parses the JSON
-/// body of a 200 response.
-pub async fn get_json(addr: SocketAddr, path: &str) -> Result<Value, CenterError> {
-    let failed = |problem: String| CenterError::Http {
-        addr,
-        path: path.to_string(),
-        problem,
-    };
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|err| failed(err.to_string()))?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|err| failed(err.to_string()))?;
-        let mut response = Vec::new();
-        stream
-            .take(MAX_RESPONSE_BYTES)
-            .read_to_end(&mut response)
-            .await
-            .map_err(|err| failed(err.to_string()))?;
-        Ok(response)
-    };
-    let response = tokio::time::timeout(HTTP_TIMEOUT, exchange)
-        .await
-        .map_err(|_| failed(format!("no response within {HTTP_TIMEOUT:?}")))??;
-
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| failed("response has no header end".to_string()))?;
-    let status = head.split_whitespace().nth(1).unwrap_or("");
-    if status != "200" {
-        return Err(failed(format!("status {status}: {body}")));
     }
-    serde_json::from_str(body).map_err(|err| failed(format!("invalid JSON body: {err}")))
 }

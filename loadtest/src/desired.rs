@@ -13,12 +13,10 @@
 //! plane's own: the controller, the broker and the node's status.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use rumqttc::{
     AsyncClient, Event, NetworkOptions, Packet, QoS, SubscribeFilter, SubscribeReasonCode,
 };
@@ -29,6 +27,7 @@ use tollway_topics::{
 };
 
 use crate::fleet::{FleetSpec, Retry, mqtt_options};
+use crate::sessions::{UpCounter, UpGuard, spawn_spread};
 
 /// Capacity of each node's rumqttc request channel: a presence, a
 /// subscription and a few statuses. A status that does not fit is counted
@@ -44,8 +43,7 @@ struct Target {
 
 /// Counters and per-node report times shared by the nodes.
 pub struct DesiredStats {
-    /// Nodes whose session is up now.
-    pub up: AtomicUsize,
+    pub sessions: UpCounter,
     /// Desired states received.
     pub desired_received: AtomicU64,
     /// Desired states that did not decode.
@@ -65,7 +63,7 @@ pub struct DesiredStats {
 impl DesiredStats {
     fn new(nodes: usize) -> Self {
         DesiredStats {
-            up: AtomicUsize::new(0),
+            sessions: UpCounter::default(),
             desired_received: AtomicU64::new(0),
             desired_invalid: AtomicU64::new(0),
             statuses_sent: AtomicU64::new(0),
@@ -139,23 +137,13 @@ impl DesiredFleet {
             spec,
             stats: stats.clone(),
         });
-        let task_count = shared.spec.tasks.clamp(1, size.max(1));
-        let tasks = (0..task_count)
-            .map(|task| {
-                let shared = shared.clone();
-                let stop_rx = stop_rx.clone();
-                tokio::spawn(async move {
-                    let mut nodes: FuturesUnordered<_> = (task..size)
-                        .step_by(task_count)
-                        .map(|index| run_node(shared.clone(), index, stop_rx.clone()))
-                        .collect();
-                    while nodes.next().await.is_some() {}
-                })
-            })
-            .collect();
+        let tasks = spawn_spread(size, shared.spec.tasks, {
+            let shared = shared.clone();
+            move |index| run_node(shared.clone(), index, stop_rx.clone())
+        });
         tracing::info!(
             nodes = size,
-            tasks = task_count,
+            tasks = tasks.len(),
             "desired-state fleet started"
         );
         DesiredFleet {
@@ -192,14 +180,7 @@ impl DesiredFleet {
 
     /// Waits until every node is up, or `timeout`; returns whether all are.
     pub async fn wait_all_up(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while self.stats.up.load(Ordering::Relaxed) < self.size {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        true
+        self.stats.sessions.wait_all_up(self.size, timeout).await
     }
 
     /// Waits until every node reported the target, or `timeout`; returns
@@ -230,22 +211,6 @@ struct Shared {
     spec: FleetSpec,
     will: Vec<u8>,
     stats: Arc<DesiredStats>,
-}
-
-/// Counts a node as up for as long as it lives.
-struct UpGuard<'a>(&'a DesiredStats);
-
-impl<'a> UpGuard<'a> {
-    fn new(stats: &'a DesiredStats) -> Self {
-        stats.up.fetch_add(1, Ordering::Relaxed);
-        UpGuard(stats)
-    }
-}
-
-impl Drop for UpGuard<'_> {
-    fn drop(&mut self) {
-        self.0.up.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// Runs one node until the fleet stops.
@@ -311,7 +276,7 @@ async fn session(shared: &Shared, index: usize) -> bool {
                     tracing::warn!(%node, "broker rejected the node's own subscriptions");
                     return _up.is_some();
                 }
-                _up = Some(UpGuard::new(&shared.stats));
+                _up = Some(shared.stats.sessions.guard());
             }
             Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == desired_topic => {
                 shared

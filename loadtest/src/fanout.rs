@@ -23,23 +23,20 @@ use clap::Args;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use tollway_topics::{
-    Deployment, Message, NodeId, ObjectName, PlacementMode, Province, Selector, Topic,
-};
+use tollway_topics::{Deployment, Message, ObjectName, PlacementMode, Selector, Topic};
 
 use crate::center::{CenterOptions, CenterProcess, Service};
 use crate::desired::DesiredFleet;
-use crate::fleet::{Access, FleetSpec};
-use crate::options::{CommonOptions, OptionsError};
-use crate::pki::{FleetPki, PkiError};
+use crate::fleet::FleetSpec;
+use crate::options::CommonOptions;
+use crate::pki::FleetPki;
 use crate::process::{CpuSampler, RssSampler};
-use crate::report::{Comparison, Machine, ReportError, cell, median, mib, write_json};
+use crate::report::{Comparison, Machine, cell, median, mib, write_json};
 use crate::servers::{
     BrokerKind, BrokerUnderTest, PLAIN_PASSWORD, PLAIN_USER, Programs, Transport,
 };
+use crate::setup::{FleetPlan, FleetSetup, ScenarioError};
 
-/// The province every simulated node belongs to.
-const PROVINCE: u8 = 44;
 /// Name of the deployment the scenario changes.
 const DEPLOYMENT: &str = "toll-app";
 /// Image repository of the deployment; each change sets a new tag.
@@ -93,27 +90,6 @@ pub struct FanoutOptions {
     #[arg(long, value_name = "SECONDS", default_value_t = 300,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub change_timeout_s: u64,
-}
-
-/// Errors that stop the scenario before or after its runs.
-#[derive(Debug, thiserror::Error)]
-pub enum FanoutError {
-    #[error(transparent)]
-    Options(#[from] OptionsError),
-
-    #[error("cannot create a temporary directory: {0}")]
-    TempDir(#[source] std::io::Error),
-
-    #[error(transparent)]
-    Pki(#[from] PkiError),
-
-    #[error(transparent)]
-    Report(#[from] ReportError),
-
-    #[error(
-        "--nodes {nodes} needs about {needed} open files, over the limit of {limit}; lower --nodes"
-    )]
-    TooManyNodes { nodes: u64, needed: u64, limit: u64 },
 }
 
 /// The whole report.
@@ -185,55 +161,26 @@ pub struct ChangeFigures {
 pub async fn run(
     options: &FanoutOptions,
     open_file_limit: u64,
-) -> Result<FanoutReport, FanoutError> {
+) -> Result<FanoutReport, ScenarioError> {
     options.common.validate()?;
-    let needed = options.nodes + 200;
-    if needed > open_file_limit {
-        return Err(FanoutError::TooManyNodes {
-            nodes: options.nodes,
-            needed,
-            limit: open_file_limit,
-        });
-    }
-    let province = Province::new(PROVINCE).map_err(|err| OptionsError(err.to_string()))?;
-    let nodes: Vec<NodeId> = (0..options.nodes)
-        .map(|index| NodeId::new(format!("fanout-{index:05}")))
-        .collect::<Result<_, _>>()
-        .map_err(|err| OptionsError(err.to_string()))?;
-
-    let dir = tempfile::Builder::new()
-        .prefix("tollway-loadtest-pki-")
-        .tempdir()
-        .map_err(FanoutError::TempDir)?;
-    let pki = FleetPki::create(dir.path())?;
-    let access = match options.transport {
-        Transport::Tls => Access::Tls(pki.client_configs(&nodes)?),
-        Transport::Tcp => Access::Password {
-            username: PLAIN_USER.to_string(),
-            password: PLAIN_PASSWORD.to_string(),
-        },
+    let plan = FleetPlan {
+        prefix: "fanout",
+        nodes: options.nodes,
+        files_per_node: 1,
+        tls: options.transport == Transport::Tls,
     };
+    let fleet = FleetSetup::create(&plan, open_file_limit)?;
 
     let programs = options.common.programs();
     let mut runs = Vec::new();
     for &broker in &options.brokers {
-        let spec = FleetSpec {
-            province,
-            nodes: nodes.clone(),
-            broker: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            access: access.clone(),
-            keep_alive: options.common.keep_alive(),
-            connect_timeout: options.common.connect_timeout(),
-            heartbeat: None,
-            retry: options.common.retry(),
-            tasks: options.common.tasks as usize,
-        };
-        tracing::info!(%broker, transport = %options.transport, nodes = nodes.len(), "fanout run starting");
+        let spec = fleet.spec(&options.common, options.transport);
+        tracing::info!(%broker, transport = %options.transport, nodes = fleet.nodes.len(), "fanout run starting");
         let mut run = FanoutRun {
             broker: Some(broker),
             ..FanoutRun::default()
         };
-        if let Err(err) = run_one(options, broker, spec, &pki, &programs, &mut run).await {
+        if let Err(err) = run_one(options, broker, spec, &fleet.pki, &programs, &mut run).await {
             tracing::error!(%broker, error = %err, "fanout run ended early");
             run.error = Some(err);
         }
@@ -344,7 +291,7 @@ async fn changes(
         .wait_all_up(Duration::from_secs(options.up_timeout_s))
         .await
     {
-        let up = fleet.stats().up.load(std::sync::atomic::Ordering::Relaxed);
+        let up = fleet.stats().sessions.up();
         return Err(format!(
             "only {up} of {} nodes came up within {} s",
             fleet.size(),

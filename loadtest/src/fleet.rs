@@ -15,12 +15,10 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, LastWill, MqttOptions, NetworkOptions, Packet, QoS,
     SubscribeFilter, SubscribeReasonCode, TlsConfiguration,
@@ -30,6 +28,8 @@ use tokio::task::JoinHandle;
 use tollway_runtime::{Backoff, BackoffConfig};
 use tollway_topics::limits::MAX_PACKET_BYTES;
 use tollway_topics::{Message, NodeId, NodeKind, Presence, Province, Topic};
+
+use crate::sessions::{UpCounter, UpGuard, spawn_spread};
 
 /// Seconds of connection attempts kept per second; later attempts are
 /// added to the last second, so a peak after this time reads too high.
@@ -90,10 +90,7 @@ pub struct FleetSpec {
 /// Counters shared by every node of a fleet.
 pub struct FleetStats {
     started: Instant,
-    /// Nodes whose session is up now.
-    up: AtomicUsize,
-    /// Sessions that came up since the fleet started.
-    ups: AtomicU64,
+    sessions: UpCounter,
     /// Connection attempts since the fleet started.
     attempts: AtomicU64,
     /// Attempts that ended before the session was up.
@@ -141,8 +138,7 @@ impl FleetStats {
     fn new() -> Self {
         FleetStats {
             started: Instant::now(),
-            up: AtomicUsize::new(0),
-            ups: AtomicU64::new(0),
+            sessions: UpCounter::default(),
             attempts: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             connect_timeouts: AtomicU64::new(0),
@@ -159,8 +155,8 @@ impl FleetStats {
 
     pub fn counters(&self) -> FleetCounters {
         FleetCounters {
-            up: self.up.load(Ordering::Relaxed),
-            ups: self.ups.load(Ordering::Relaxed),
+            up: self.sessions.up(),
+            ups: self.sessions.ups(),
             attempts: self.attempts.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
             connect_timeouts: self.connect_timeouts.load(Ordering::Relaxed),
@@ -264,21 +260,11 @@ impl Fleet {
         });
         let shared = Arc::new(Shared::new(spec, stats.clone()));
 
-        let task_count = shared.spec.tasks.clamp(1, size.max(1));
-        let tasks = (0..task_count)
-            .map(|task| {
-                let shared = shared.clone();
-                let control_rx = control_rx.clone();
-                tokio::spawn(async move {
-                    let mut nodes: FuturesUnordered<_> = (task..size)
-                        .step_by(task_count)
-                        .map(|index| run_node(shared.clone(), index, control_rx.clone()))
-                        .collect();
-                    while nodes.next().await.is_some() {}
-                })
-            })
-            .collect();
-        tracing::info!(nodes = size, tasks = task_count, "fleet started");
+        let tasks = spawn_spread(size, shared.spec.tasks, {
+            let shared = shared.clone();
+            move |index| run_node(shared.clone(), index, control_rx.clone())
+        });
+        tracing::info!(nodes = size, tasks = tasks.len(), "fleet started");
         Fleet {
             control_tx,
             stats,
@@ -567,23 +553,6 @@ impl SessionEnd {
     }
 }
 
-/// Counts a node as up for as long as it lives.
-struct UpGuard<'a>(&'a FleetStats);
-
-impl<'a> UpGuard<'a> {
-    fn new(stats: &'a FleetStats) -> Self {
-        stats.up.fetch_add(1, Ordering::Relaxed);
-        stats.ups.fetch_add(1, Ordering::Relaxed);
-        UpGuard(stats)
-    }
-}
-
-impl Drop for UpGuard<'_> {
-    fn drop(&mut self) {
-        self.0.up.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// Connects one node and keeps its session until it fails. Dropping the
 /// future closes the socket without a DISCONNECT, so the broker publishes
 /// the node's will.
@@ -637,7 +606,7 @@ async fn session(shared: &Shared, index: usize, reached_up: &AtomicBool) -> Sess
                     if !granted {
                         return SessionEnd::SubscribeRejected;
                     }
-                    _up = Some(UpGuard::new(&shared.stats));
+                    _up = Some(shared.stats.sessions.guard());
                     reached_up.store(true, Ordering::Relaxed);
                 }
                 Ok(_) => {}

@@ -14,19 +14,18 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde::Serialize;
-use tollway_topics::{NodeId, Province};
 
-use crate::fleet::{Access, Fleet, FleetSpec};
-use crate::options::{CommonOptions, OptionsError};
-use crate::pki::{FleetPki, PkiError};
+use crate::fleet::{Fleet, FleetSpec};
+use crate::options::CommonOptions;
+use crate::pki::FleetPki;
 use crate::proxy::{FaultProxy, ProxyCounters};
-use crate::report::{Machine, ReportError, cell, write_json};
-use crate::servers::{BrokerKind, BrokerUnderTest, PLAIN_PASSWORD, PLAIN_USER, Transport};
+use crate::report::{Machine, cell, write_json};
+use crate::servers::{BrokerKind, BrokerUnderTest, Transport};
+use crate::setup::{FleetPlan, FleetSetup, ScenarioError};
 
 /// IPv4 (20 bytes) and TCP with the timestamp option (32 bytes) headers.
 const IP_TCP_HEADER_BYTES: u64 = 52;
 const SECONDS_PER_DAY: f64 = 86_400.0;
-const PROVINCE: u8 = 44;
 const FLEET_STOP_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Options of the `idle` scenario.
@@ -68,27 +67,6 @@ pub struct IdleOptions {
     /// failed.
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     pub connect_phase_s: u64,
-}
-
-/// Errors that stop the idle scenario.
-#[derive(Debug, thiserror::Error)]
-pub enum IdleError {
-    #[error(transparent)]
-    Options(#[from] OptionsError),
-
-    #[error("cannot create a temporary directory: {0}")]
-    TempDir(#[source] std::io::Error),
-
-    #[error(transparent)]
-    Pki(#[from] PkiError),
-
-    #[error(transparent)]
-    Report(#[from] ReportError),
-
-    #[error(
-        "--nodes {nodes} needs about {needed} open files, over the limit of {limit}; lower --nodes"
-    )]
-    TooManyNodes { nodes: u64, needed: u64, limit: u64 },
 }
 
 /// The whole report.
@@ -134,56 +112,24 @@ pub struct IdleRun {
 }
 
 /// Runs the scenario and writes the report.
-pub async fn run(options: &IdleOptions, open_file_limit: u64) -> Result<IdleReport, IdleError> {
+pub async fn run(options: &IdleOptions, open_file_limit: u64) -> Result<IdleReport, ScenarioError> {
     options.common.validate()?;
-    let needed = options.nodes * 3 + 200;
-    if needed > open_file_limit {
-        return Err(IdleError::TooManyNodes {
-            nodes: options.nodes,
-            needed,
-            limit: open_file_limit,
-        });
-    }
-    let province = Province::new(PROVINCE).map_err(|err| OptionsError(err.to_string()))?;
-    let nodes: Vec<NodeId> = (0..options.nodes)
-        .map(|index| NodeId::new(format!("idle-{index:05}")))
-        .collect::<Result<_, _>>()
-        .map_err(|err| OptionsError(err.to_string()))?;
-
-    let dir = tempfile::Builder::new()
-        .prefix("tollway-loadtest-pki-")
-        .tempdir()
-        .map_err(IdleError::TempDir)?;
-    let pki = FleetPki::create(dir.path())?;
-    let tls_configs = if options.transports.contains(&Transport::Tls) {
-        pki.client_configs(&nodes)?
-    } else {
-        Vec::new()
+    let plan = FleetPlan {
+        prefix: "idle",
+        nodes: options.nodes,
+        // The node's socket, and the counting proxy's two sockets for it.
+        files_per_node: 3,
+        tls: options.transports.contains(&Transport::Tls),
     };
+    let fleet = FleetSetup::create(&plan, open_file_limit)?;
 
     let mut runs = Vec::new();
     for &transport in &options.transports {
         for &broker in &options.brokers {
-            let access = match transport {
-                Transport::Tls => Access::Tls(tls_configs.clone()),
-                Transport::Tcp => Access::Password {
-                    username: PLAIN_USER.to_string(),
-                    password: PLAIN_PASSWORD.to_string(),
-                },
-            };
-            let spec = FleetSpec {
-                province,
-                nodes: nodes.clone(),
-                broker: SocketAddr::from(([127, 0, 0, 1], 0)),
-                access,
-                keep_alive: options.common.keep_alive(),
-                connect_timeout: options.common.connect_timeout(),
-                heartbeat: (options.heartbeat_s > 0)
-                    .then(|| Duration::from_secs(options.heartbeat_s)),
-                retry: options.common.retry(),
-                tasks: options.common.tasks as usize,
-            };
-            runs.push(run_one(options, broker, transport, spec, &pki).await);
+            let mut spec = fleet.spec(&options.common, transport);
+            spec.heartbeat =
+                (options.heartbeat_s > 0).then(|| Duration::from_secs(options.heartbeat_s));
+            runs.push(run_one(options, broker, transport, spec, &fleet.pki).await);
         }
     }
 

@@ -24,5 +24,7 @@ pub mod records;
 pub mod report;
 pub mod servers;
 pub mod service;
+pub mod sessions;
+pub mod setup;
 pub mod storm;
 pub mod uplink;

@@ -6,6 +6,7 @@
 //! every round, or connected throughout), 1 when they did not, and 2 for
 //! invalid options or a failure to run at all.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -111,61 +112,63 @@ async fn interrupted() -> &'static str {
 
 async fn run_scenario(scenario: Scenario, open_file_limit: u64) -> ExitCode {
     match scenario {
-        Scenario::Storm(options) => match storm::run(&options, open_file_limit).await {
-            Ok(report) => {
-                storm::print_summary(&report);
-                tracing::info!(report = %options.common.report.display(), "storm report written");
-                exit_code(report.all_back)
-            }
-            Err(err) => {
-                eprintln!("tollway-loadtest storm: {err}");
-                ExitCode::from(2)
-            }
-        },
-        Scenario::Idle(options) => match idle::run(&options, open_file_limit).await {
-            Ok(report) => {
-                idle::print_summary(&report);
-                tracing::info!(report = %options.common.report.display(), "idle report written");
-                exit_code(report.all_stayed_connected)
-            }
-            Err(err) => {
-                eprintln!("tollway-loadtest idle: {err}");
-                ExitCode::from(2)
-            }
-        },
-        Scenario::Outage(options) => match outage::run(&options, open_file_limit).await {
-            Ok(report) => {
-                outage::print_summary(&report);
-                tracing::info!(report = %options.common.report.display(), "outage report written");
-                exit_code(report.invariants_held)
-            }
-            Err(err) => {
-                eprintln!("tollway-loadtest outage: {err}");
-                ExitCode::from(2)
-            }
-        },
-        Scenario::Records(options) => match records::run(&options, open_file_limit).await {
-            Ok(report) => {
-                records::print_summary(&report);
-                tracing::info!(report = %options.common.report.display(), "records report written");
-                exit_code(report.invariants_held)
-            }
-            Err(err) => {
-                eprintln!("tollway-loadtest records: {err}");
-                ExitCode::from(2)
-            }
-        },
-        Scenario::Fanout(options) => match fanout::run(&options, open_file_limit).await {
-            Ok(report) => {
-                fanout::print_summary(&report);
-                tracing::info!(report = %options.common.report.display(), "fanout report written");
-                exit_code(report.invariants_held)
-            }
-            Err(err) => {
-                eprintln!("tollway-loadtest fanout: {err}");
-                ExitCode::from(2)
-            }
-        },
+        Scenario::Storm(options) => finish(
+            "storm",
+            &options.common.report,
+            storm::run(&options, open_file_limit).await,
+            storm::print_summary,
+            |report| report.all_back,
+        ),
+        Scenario::Idle(options) => finish(
+            "idle",
+            &options.common.report,
+            idle::run(&options, open_file_limit).await,
+            idle::print_summary,
+            |report| report.all_stayed_connected,
+        ),
+        Scenario::Outage(options) => finish(
+            "outage",
+            &options.common.report,
+            outage::run(&options, open_file_limit).await,
+            outage::print_summary,
+            |report| report.invariants_held,
+        ),
+        Scenario::Records(options) => finish(
+            "records",
+            &options.common.report,
+            records::run(&options, open_file_limit).await,
+            records::print_summary,
+            |report| report.invariants_held,
+        ),
+        Scenario::Fanout(options) => finish(
+            "fanout",
+            &options.common.report,
+            fanout::run(&options, open_file_limit).await,
+            fanout::print_summary,
+            |report| report.invariants_held,
+        ),
+    }
+}
+
+/// Prints the summary of a finished scenario and returns its exit code: 0
+/// when its invariants held, 1 when not, 2 when it could not run.
+fn finish<R, E: std::fmt::Display>(
+    scenario: &str,
+    report_path: &Path,
+    result: Result<R, E>,
+    print_summary: fn(&R),
+    invariants_held: fn(&R) -> bool,
+) -> ExitCode {
+    match result {
+        Ok(report) => {
+            print_summary(&report);
+            tracing::info!(scenario, report = %report_path.display(), "report written");
+            exit_code(invariants_held(&report))
+        }
+        Err(err) => {
+            eprintln!("tollway-loadtest {scenario}: {err}");
+            ExitCode::from(2)
+        }
     }
 }
 

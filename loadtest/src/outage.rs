@@ -38,9 +38,9 @@ use crate::pki::{FleetPki, PkiError};
 use crate::proxy::CutMode;
 use crate::report::{Machine, ReportError, cell, write_json};
 use crate::service::{ServiceError, get_json};
+use crate::setup::PROVINCE;
 use crate::uplink::{NodeTally, UplinkFleet, UplinkSpec};
 
-const PROVINCE: u8 = 44;
 /// How often the scenario samples the stores' counters.
 const SAMPLE_INTERVAL: Duration = Duration::from_millis(500);
 /// Time the nodes have to get their last records acknowledged by the

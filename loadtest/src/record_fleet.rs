@@ -19,12 +19,10 @@
 //! the same as the daemon's.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -38,6 +36,7 @@ use tollway_toll_app::generator::Generator;
 use tollway_topics::{Compression, Message, NodeKind, Presence, RecordAck, RecordBatch, Topic};
 
 use crate::fleet::{FleetSpec, Retry, mqtt_options};
+use crate::sessions::{UpCounter, UpGuard, spawn_spread, task_count};
 
 /// Interval at which a node in rate mode creates the records that are due.
 const CREATE_TICK: Duration = Duration::from_millis(100);
@@ -90,10 +89,7 @@ pub enum Phase {
 /// Counters shared by the nodes of a record fleet.
 pub struct UplinkStats {
     started: Instant,
-    /// Nodes whose session is up now.
-    pub up: AtomicUsize,
-    /// Sessions that came up, counting reconnects.
-    pub ups: AtomicU64,
+    pub sessions: UpCounter,
     /// Sessions lost after they were up, and failed connection attempts.
     pub session_failures: AtomicU64,
     /// Records created (entered an outbox).
@@ -120,8 +116,7 @@ impl UplinkStats {
     fn new(nodes: usize, tracked_seconds: usize) -> Self {
         UplinkStats {
             started: Instant::now(),
-            up: AtomicUsize::new(0),
-            ups: AtomicU64::new(0),
+            sessions: UpCounter::default(),
             session_failures: AtomicU64::new(0),
             created: AtomicU64::new(0),
             acknowledged: AtomicU64::new(0),
@@ -207,27 +202,23 @@ impl RecordFleet {
             stats: stats.clone(),
         });
 
-        let task_count = shared.spec.tasks.clamp(1, size.max(1));
-        let mut latencies = Vec::with_capacity(task_count);
-        let mut tasks = Vec::with_capacity(task_count);
-        for task in 0..task_count {
-            let histogram = Arc::new(Mutex::new(new_histogram()));
-            latencies.push(histogram.clone());
+        // One latency histogram per task, so that nodes on different tasks
+        // do not contend for one lock.
+        let task_count = task_count(size, shared.spec.tasks);
+        let latencies: Vec<_> = (0..task_count)
+            .map(|_| Arc::new(Mutex::new(new_histogram())))
+            .collect();
+        let tasks = spawn_spread(size, shared.spec.tasks, {
             let shared = shared.clone();
-            let phase_rx = phase_rx.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut nodes: FuturesUnordered<_> = (task..size)
-                    .step_by(task_count)
-                    .map(|index| {
-                        run_node(shared.clone(), index, phase_rx.clone(), histogram.clone())
-                    })
-                    .collect();
-                while nodes.next().await.is_some() {}
-            }));
-        }
+            let latencies = latencies.clone();
+            move |index| {
+                let histogram = latencies[index % task_count].clone();
+                run_node(shared.clone(), index, phase_rx.clone(), histogram)
+            }
+        });
         tracing::info!(
             nodes = size,
-            tasks = task_count,
+            tasks = tasks.len(),
             ?pace,
             "record fleet started"
         );
@@ -269,14 +260,7 @@ impl RecordFleet {
 
     /// Waits until every node is up, or `timeout`; returns whether all are.
     pub async fn wait_all_up(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while self.stats.up.load(Ordering::Relaxed) < self.size {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        true
+        self.stats.sessions.wait_all_up(self.size, timeout).await
     }
 
     /// Waits until every created record is acknowledged, or `timeout`;
@@ -576,23 +560,6 @@ impl NodeUplink {
     }
 }
 
-/// Counts a node as up for as long as it lives.
-struct UpGuard<'a>(&'a UplinkStats);
-
-impl<'a> UpGuard<'a> {
-    fn new(stats: &'a UplinkStats) -> Self {
-        stats.up.fetch_add(1, Ordering::Relaxed);
-        stats.ups.fetch_add(1, Ordering::Relaxed);
-        UpGuard(stats)
-    }
-}
-
-impl Drop for UpGuard<'_> {
-    fn drop(&mut self) {
-        self.0.up.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// Runs one node until the phase is [`Phase::Stop`].
 async fn run_node(
     shared: Arc<Shared>,
@@ -688,7 +655,7 @@ async fn session(
                     }
                     // A new session: everything unacknowledged goes again.
                     uplink.restart_window();
-                    _up = Some(UpGuard::new(&shared.stats));
+                    _up = Some(shared.stats.sessions.guard());
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == uplink.ack_topic => {
                     match RecordAck::from_cbor(&publish.payload) {

@@ -22,21 +22,19 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use tollway_topics::{NodeId, Province};
+use tollway_topics::NodeId;
 
-use crate::center::{CenterError, CenterOptions, CenterProcess, Service};
-use crate::fleet::{Access, FleetSpec};
-use crate::options::{CommonOptions, OptionsError};
-use crate::pki::{FleetPki, PkiError};
+use crate::center::{CenterOptions, CenterProcess, Service};
+use crate::fleet::FleetSpec;
+use crate::options::CommonOptions;
+use crate::pki::FleetPki;
 use crate::process::{CpuSampler, RssSampler};
 use crate::record_fleet::{Pace, Phase, RecordFleet, UplinkSettings, UplinkStats};
-use crate::report::{Comparison, Machine, ReportError, cell, mib, write_json};
-use crate::servers::{
-    BrokerKind, BrokerUnderTest, PLAIN_PASSWORD, PLAIN_USER, Programs, Transport,
-};
+use crate::report::{Comparison, Machine, cell, mib, write_json};
+use crate::servers::{BrokerKind, BrokerUnderTest, Programs, Transport};
+use crate::service::ServiceError;
+use crate::setup::{FleetPlan, FleetSetup, PROVINCE, ScenarioError};
 
-/// The province every simulated node belongs to.
-const PROVINCE: u8 = 44;
 /// Time the fleet has to stop after a run.
 const FLEET_STOP_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -152,27 +150,6 @@ pub struct RecordsOptions {
     pub seed: u64,
 }
 
-/// Errors that stop the scenario before or after its runs.
-#[derive(Debug, thiserror::Error)]
-pub enum RecordsError {
-    #[error(transparent)]
-    Options(#[from] OptionsError),
-
-    #[error("cannot create a temporary directory: {0}")]
-    TempDir(#[source] std::io::Error),
-
-    #[error(transparent)]
-    Pki(#[from] PkiError),
-
-    #[error(transparent)]
-    Report(#[from] ReportError),
-
-    #[error(
-        "--nodes {nodes} needs about {needed} open files, over the limit of {limit}; lower --nodes"
-    )]
-    TooManyNodes { nodes: u64, needed: u64, limit: u64 },
-}
-
 /// The whole report.
 #[derive(Debug, Serialize)]
 pub struct RecordsReport {
@@ -258,55 +235,26 @@ pub struct IngestFigures {
 pub async fn run(
     options: &RecordsOptions,
     open_file_limit: u64,
-) -> Result<RecordsReport, RecordsError> {
+) -> Result<RecordsReport, ScenarioError> {
     options.common.validate()?;
-    let needed = options.nodes + 200;
-    if needed > open_file_limit {
-        return Err(RecordsError::TooManyNodes {
-            nodes: options.nodes,
-            needed,
-            limit: open_file_limit,
-        });
-    }
-    let province = Province::new(PROVINCE).map_err(|err| OptionsError(err.to_string()))?;
-    let nodes: Vec<NodeId> = (0..options.nodes)
-        .map(|index| NodeId::new(format!("records-{index:05}")))
-        .collect::<Result<_, _>>()
-        .map_err(|err| OptionsError(err.to_string()))?;
-
-    let dir = tempfile::Builder::new()
-        .prefix("tollway-loadtest-pki-")
-        .tempdir()
-        .map_err(RecordsError::TempDir)?;
-    let pki = FleetPki::create(dir.path())?;
-    let access = match options.transport {
-        Transport::Tls => Access::Tls(pki.client_configs(&nodes)?),
-        Transport::Tcp => Access::Password {
-            username: PLAIN_USER.to_string(),
-            password: PLAIN_PASSWORD.to_string(),
-        },
+    let plan = FleetPlan {
+        prefix: "records",
+        nodes: options.nodes,
+        files_per_node: 1,
+        tls: options.transport == Transport::Tls,
     };
+    let fleet = FleetSetup::create(&plan, open_file_limit)?;
 
     let programs = options.common.programs();
     let mut runs = Vec::new();
     for &broker in &options.brokers {
-        let spec = FleetSpec {
-            province,
-            nodes: nodes.clone(),
-            broker: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            access: access.clone(),
-            keep_alive: options.common.keep_alive(),
-            connect_timeout: options.common.connect_timeout(),
-            heartbeat: None,
-            retry: options.common.retry(),
-            tasks: options.common.tasks as usize,
-        };
-        tracing::info!(%broker, transport = %options.transport, nodes = nodes.len(), "records run starting");
+        let spec = fleet.spec(&options.common, options.transport);
+        tracing::info!(%broker, transport = %options.transport, nodes = fleet.nodes.len(), "records run starting");
         let mut run = RecordsRun {
             broker: Some(broker),
             ..RecordsRun::default()
         };
-        if let Err(err) = run_one(options, broker, spec, &pki, &programs, &mut run).await {
+        if let Err(err) = run_one(options, broker, spec, &fleet.pki, &programs, &mut run).await {
             tracing::error!(%broker, error = %err, "records run ended early");
             run.error = Some(err);
         }
@@ -404,7 +352,7 @@ async fn drive(
             province.broker.service_addr,
         )
         .await
-        .map_err(|err: CenterError| err.to_string())?;
+        .map_err(|err: ServiceError| err.to_string())?;
         province.ingest.push(center);
     }
 
@@ -446,7 +394,7 @@ async fn drive(
         .wait_all_up(Duration::from_secs(options.up_timeout_s))
         .await
     {
-        let up = fleet.stats().up.load(std::sync::atomic::Ordering::Relaxed);
+        let up = fleet.stats().sessions.up();
         fleet.stop(FLEET_STOP_DEADLINE).await;
         return Err(format!(
             "only {up} of {} nodes came up within {} s",

@@ -33,7 +33,7 @@ pub enum ServiceError {
     },
 
     #[error(
-        "cannot run {program}: {source}; build it (`cargo build --release --workspace`) or pass its directory with --bin-dir"
+        "cannot run {program}: {source}; build the workspace (`cargo build --release --workspace`) or name the program: --broker-bin (the bridge and centre beside it) or --center-bin"
     )]
     Spawn {
         program: PathBuf,
@@ -53,6 +53,14 @@ pub enum ServiceError {
     NotReady {
         name: String,
         addr: SocketAddr,
+        timeout: Duration,
+        log: PathBuf,
+    },
+
+    #[error("{name} did not report ready within {timeout:?} ({waiting_for}); see its log {log}")]
+    NotReported {
+        name: String,
+        waiting_for: &'static str,
         timeout: Duration,
         log: PathBuf,
     },
@@ -121,6 +129,16 @@ impl Service {
     /// Process id, or `None` once stopped.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Returns the exit status once the program has exited by itself.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    /// Path of the program's log file.
+    pub fn log(&self) -> &Path {
+        &self.log
     }
 
     /// Stops the program with SIGTERM (SIGKILL after 15 s) and returns how

@@ -20,19 +20,15 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use tollway_topics::{NodeId, Province};
 
-use crate::fleet::{Access, Fleet, FleetCounters, FleetSpec, RetryPolicy};
-use crate::options::{CommonOptions, OptionsError};
-use crate::pki::{FleetPki, PkiError};
+use crate::fleet::{Fleet, FleetCounters, FleetSpec, RetryPolicy};
+use crate::options::CommonOptions;
+use crate::pki::FleetPki;
 use crate::process::{CpuSampler, rss_bytes};
-use crate::report::{Comparison, Machine, ReportError, cell, median, mib, write_json};
-use crate::servers::{
-    BrokerKind, BrokerUnderTest, PLAIN_PASSWORD, PLAIN_USER, Programs, ServerError, Transport,
-};
+use crate::report::{Comparison, Machine, cell, median, mib, write_json};
+use crate::servers::{BrokerKind, BrokerUnderTest, Programs, ServerError, Transport};
+use crate::setup::{FleetPlan, FleetSetup, ScenarioError};
 
-/// The province every simulated node belongs to.
-const PROVINCE: u8 = 44;
 /// Target: RSS after the last drop round within this share of round one.
 const RSS_GROWTH_TARGET: f64 = 0.15;
 /// Time the fleet has to stop after the last round.
@@ -86,27 +82,6 @@ pub struct StormOptions {
     /// Time after all nodes are back before the broker's RSS is read.
     #[arg(long, value_name = "MS", default_value_t = 2000)]
     pub settle_ms: u64,
-}
-
-/// Errors that stop the storm scenario before or after its rounds.
-#[derive(Debug, thiserror::Error)]
-pub enum StormError {
-    #[error(transparent)]
-    Options(#[from] OptionsError),
-
-    #[error("cannot create a temporary directory: {0}")]
-    TempDir(#[source] std::io::Error),
-
-    #[error(transparent)]
-    Pki(#[from] PkiError),
-
-    #[error(transparent)]
-    Report(#[from] ReportError),
-
-    #[error(
-        "--nodes {nodes} needs about {needed} open files, over the limit of {limit}; lower --nodes"
-    )]
-    TooManyNodes { nodes: u64, needed: u64, limit: u64 },
 }
 
 /// The whole report.
@@ -230,66 +205,26 @@ pub struct RoundReport {
 
 /// Runs the scenario and writes the report; returns it for the caller to
 /// print and check.
-pub async fn run(options: &StormOptions, open_file_limit: u64) -> Result<StormReport, StormError> {
+pub async fn run(
+    options: &StormOptions,
+    open_file_limit: u64,
+) -> Result<StormReport, ScenarioError> {
     options.common.validate()?;
-    // One socket per node here, plus files, TLS material and the runtime.
-    let needed = options.nodes + 200;
-    if needed > open_file_limit {
-        return Err(StormError::TooManyNodes {
-            nodes: options.nodes,
-            needed,
-            limit: open_file_limit,
-        });
-    }
-
-    let province = Province::new(PROVINCE).map_err(|err| OptionsError(err.to_string()))?;
-    let nodes: Vec<NodeId> = (0..options.nodes)
-        .map(|index| NodeId::new(format!("storm-{index:05}")))
-        .collect::<Result<_, _>>()
-        .map_err(|err| OptionsError(err.to_string()))?;
-
-    let dir = tempfile::Builder::new()
-        .prefix("tollway-loadtest-pki-")
-        .tempdir()
-        .map_err(StormError::TempDir)?;
-    let pki = FleetPki::create(dir.path())?;
-    let tls_configs = if options.transports.contains(&Transport::Tls) {
-        let started = Instant::now();
-        let configs = pki.client_configs(&nodes)?;
-        tracing::info!(
-            nodes = configs.len(),
-            seconds = started.elapsed().as_secs_f64(),
-            "node certificates issued"
-        );
-        configs
-    } else {
-        Vec::new()
+    let plan = FleetPlan {
+        prefix: "storm",
+        nodes: options.nodes,
+        files_per_node: 1,
+        tls: options.transports.contains(&Transport::Tls),
     };
+    let fleet = FleetSetup::create(&plan, open_file_limit)?;
 
     let programs = options.common.programs();
     let mut runs = Vec::new();
     for &transport in &options.transports {
         for &broker in &options.brokers {
-            let access = match transport {
-                Transport::Tls => Access::Tls(tls_configs.clone()),
-                Transport::Tcp => Access::Password {
-                    username: PLAIN_USER.to_string(),
-                    password: PLAIN_PASSWORD.to_string(),
-                },
-            };
-            let spec = FleetSpec {
-                province,
-                nodes: nodes.clone(),
-                broker: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-                access,
-                keep_alive: options.common.keep_alive(),
-                connect_timeout: options.common.connect_timeout(),
-                heartbeat: None,
-                retry: options.common.retry(),
-                tasks: options.common.tasks as usize,
-            };
-            tracing::info!(%broker, %transport, nodes = nodes.len(), "storm run starting");
-            let run = run_one(options, broker, transport, spec, &pki, &programs).await;
+            let spec = fleet.spec(&options.common, transport);
+            tracing::info!(%broker, %transport, nodes = fleet.nodes.len(), "storm run starting");
+            let run = run_one(options, broker, transport, spec, &fleet.pki, &programs).await;
             runs.push(run);
         }
     }

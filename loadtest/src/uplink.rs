@@ -16,6 +16,11 @@
 //! One tokio task per node: the scenarios that use this module run tens to
 //! hundreds of nodes, not the storm's thousands.
 //!
+//! NOTE: [`crate::record_fleet`] simulates the same uplink for the
+//! `records` scenario, many nodes per task and with latency histograms.
+//! The outbox, batching and resend logic exist in both, and a change to
+//! the daemon's uplink has to be made in both until they are one fleet.
+//!
 //! Bounds: the in-memory outbox contains what the node produced and the
 //! centre has not acknowledged. Once it contains `max_outbox` records, the
 //! node rejects new ones and counts them, as the daemon rejects records at

@@ -35,6 +35,17 @@ fn run_scenario(args: &[&str], report: &Path) -> Value {
     serde_json::from_str(&text).expect("report is not valid JSON")
 }
 
+/// Fails unless the report compares `metric` with Mosquitto's as a ratio.
+fn assert_ratio(report: &Value, metric: &str) {
+    let comparisons = report["comparisons"].as_array().expect("comparisons");
+    assert!(
+        comparisons
+            .iter()
+            .any(|c| c["metric"] == metric && c["ratio"].is_f64()),
+        "no {metric} ratio against Mosquitto in {comparisons:?}"
+    );
+}
+
 #[test]
 fn storm_brings_every_node_back() {
     let dir = tempfile::tempdir().unwrap();
@@ -105,13 +116,7 @@ fn storm_brings_every_node_back() {
             "{name}: no per-connection memory"
         );
     }
-    let comparisons = report["comparisons"].as_array().expect("comparisons");
-    assert!(
-        comparisons
-            .iter()
-            .any(|c| c["metric"] == "median_drop_round_s" && c["ratio"].is_f64()),
-        "no ratio against Mosquitto in {comparisons:?}"
-    );
+    assert_ratio(&report, "median_drop_round_s");
 }
 
 #[test]
@@ -231,13 +236,7 @@ fn records_are_acknowledged_and_stored_once() {
         assert_eq!(ingest[0]["batches_invalid"], 0, "{name}: invalid batches");
         assert_eq!(ingest[0]["store_errors"], 0, "{name}: store errors");
     }
-    let comparisons = report["comparisons"].as_array().expect("comparisons");
-    assert!(
-        comparisons
-            .iter()
-            .any(|c| c["metric"] == "records_per_s" && c["ratio"].is_f64()),
-        "no ratio against Mosquitto in {comparisons:?}"
-    );
+    assert_ratio(&report, "records_per_s");
 }
 
 #[test]
@@ -287,13 +286,7 @@ fn fanout_reaches_every_node() {
         );
         assert_eq!(run["statuses_skipped"], 0, "{name}: statuses skipped");
     }
-    let comparisons = report["comparisons"].as_array().expect("comparisons");
-    assert!(
-        comparisons
-            .iter()
-            .any(|c| c["metric"] == "median_p100_s" && c["ratio"].is_f64()),
-        "no ratio against Mosquitto in {comparisons:?}"
-    );
+    assert_ratio(&report, "median_p100_s");
 }
 
 #[test]
