@@ -13,7 +13,7 @@ use tollway_testkit::center::*;
 use tollway_testkit::*;
 use tollway_topics::{
     AppSpec, CenterEvent, Deployment, DesiredState, EventKind, HourlySummary, Message, ObjectName,
-    PlacementMode, ProvinceStatus, Selector, SpreadBy, Topic, samples,
+    PlacementMode, ProvinceStatus, Selector, SpreadBy, Tombstone, Topic, samples,
 };
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -606,4 +606,35 @@ async fn restart_keeps_generations_and_placement() {
             Err(current.to_string())
         }
     });
+}
+
+/// A deployment deleted while the controller is down is gone once it is
+/// back: `tollwayctl delete` leaves a retained tombstone, which the
+/// controller receives with the other retained objects. An empty retained
+/// payload would have left no trace of the delete on the broker.
+#[tokio::test(flavor = "multi_thread")]
+async fn delete_while_controller_down_takes_effect() {
+    let mut province = Province::start(600);
+    let ops = operator(&province.files, "ops").await;
+    let _n1 = sim(&province.files, "n1", &gantry("T1", "S1")).await;
+    apply(
+        &ops,
+        &deployment("toll-app", &[], PlacementMode::PerNode, None),
+    )
+    .await;
+    apply(&ops, &deployment("gone", &[], PlacementMode::PerNode, None)).await;
+    province.wait_apps("n1", &["gone", "toll-app"]);
+
+    let status = province.center.take().unwrap().stop();
+    assert!(status.success(), "controller exited with {status}");
+    let tombstone = Tombstone {
+        name: ObjectName::new("gone").unwrap(),
+        deleted_at_ms: 1_796_400_000_000,
+    };
+    publish_raw(&ops, "gone", tombstone.to_cbor().unwrap()).await;
+    province.start_center();
+
+    province.wait_apps("n1", &["toll-app"]);
+    assert_eq!(province.deployment("gone"), None);
+    assert!(province.deployment("toll-app").is_some());
 }

@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use serde::Deserialize;
-use tollway_topics::{Deployment, Message, ObjectName, Rollout, Topic};
+use tollway_topics::{Deployment, Message, ObjectName, Rollout, Tombstone, Topic};
 
 use crate::connection::Connection;
 use crate::locale::text;
@@ -230,7 +230,8 @@ pub fn apply(path: &Path, dry_run: bool, connection: &Connection) -> Result<Stri
     Ok(lines.join("\n"))
 }
 
-/// Deletes a deployment or rollout: an empty retained payload on its topic.
+/// Deletes a deployment or rollout: a [`Tombstone`] retained on its topic,
+/// so that a controller disconnected now still sees the delete later.
 pub fn delete(rollout: bool, name: &str, connection: &Connection) -> Result<String, String> {
     let name = ObjectName::new(name).map_err(|err| err.to_string())?;
     let (kind, topic) = if rollout {
@@ -238,6 +239,15 @@ pub fn delete(rollout: bool, name: &str, connection: &Connection) -> Result<Stri
     } else {
         ("deployment", Topic::deployment(name.clone()))
     };
-    connection.publish_retained(&[(topic.to_string(), Vec::new())])?;
+    let deleted_at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64);
+    let tombstone = Tombstone {
+        name: name.clone(),
+        deleted_at_ms,
+    }
+    .to_cbor()
+    .map_err(|err| err.to_string())?;
+    connection.publish_retained(&[(topic.to_string(), tombstone)])?;
     Ok(format!("{kind}/{name} {}", text("deleted", "已删除")))
 }

@@ -19,7 +19,7 @@ pub mod wire;
 pub use ids::{AppName, IdError, NodeId, ObjectName, Province};
 pub use messages::*;
 
-pub use ops::{Deployment, PlacementMode, Rollout, RolloutControl, SpreadBy, Wave};
+pub use ops::{Deployment, PlacementMode, Rollout, RolloutControl, SpreadBy, Tombstone, Wave};
 pub use selector::{Requirement, Selector, SelectorError};
 pub use topic::{CenterKind, LOCAL_RECORDS_TOPIC, NodeKind, OpsKind, Topic, TopicError};
 pub use wire::{DecodeError, EncodeError, Invalid, Message};

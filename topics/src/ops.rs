@@ -1,5 +1,6 @@
 //! Operators' objects: deployments and rollouts, published retained on
-//! `tollway/v1/ops/{deployments|rollouts}/{name}`; an empty payload deletes one.
+//! `tollway/v1/ops/{deployments|rollouts}/{name}`. A [`Tombstone`] (or an
+//! empty payload) in place of the object deletes it.
 //!
 //! Operators write them as YAML (`tollwayctl apply -f`); the wire carries
 //! CBOR like every other message. Both forms decode into the same types and
@@ -494,5 +495,52 @@ impl Message for Rollout {
             }
         }
         Ok(())
+    }
+}
+
+/// The marker `tollwayctl delete` publishes retained on an object's topic
+/// in place of the object. A controller that was disconnected during the
+/// delete receives it with the retained messages when it subscribes again,
+/// so it deletes an object that an empty payload would have removed from
+/// the broker without a trace.
+///
+/// Keys: 0 name, 31 deleted_at_ms. No object has key 31, so
+/// [`Tombstone::is_tombstone`] tells the two apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tombstone {
+    pub name: ObjectName,
+    /// When the object was deleted, in Unix milliseconds.
+    pub deleted_at_ms: u64,
+}
+
+impl Tombstone {
+    /// The key that only a tombstone has.
+    const DELETED_AT_KEY: u64 = 31;
+
+    /// Returns whether `payload` decodes as a tombstone. A payload that is
+    /// not one may still be a valid object.
+    pub fn is_tombstone(payload: &[u8]) -> bool {
+        Tombstone::from_cbor(payload).is_ok()
+    }
+}
+
+impl Message for Tombstone {
+    const NAME: &'static str = "Tombstone";
+    const MAX_BYTES: usize = 256;
+
+    fn write_fields(&self, map: &mut MapWriter) {
+        map.field(0, &self.name.to_string());
+        map.field(Self::DELETED_AT_KEY, &self.deleted_at_ms);
+    }
+
+    fn read_fields(map: &MapReader<'_>) -> Result<Self, DecodeError> {
+        let name: String = map.required(0, "name")?;
+        let name = ObjectName::new(name).map_err(|err| {
+            DecodeError::Invalid(Invalid::new(Self::NAME, "name", err.to_string()))
+        })?;
+        Ok(Tombstone {
+            name,
+            deleted_at_ms: map.required(Self::DELETED_AT_KEY, "deleted_at_ms")?,
+        })
     }
 }

@@ -419,6 +419,23 @@ proptest! {
     }
 
     #[test]
+    fn tombstone_round_trips(name in object_name(), deleted_at_ms: u64) {
+        let tombstone = Tombstone { name, deleted_at_ms };
+        assert_round_trip(&tombstone)?;
+        prop_assert!(Tombstone::is_tombstone(&tombstone.to_cbor().unwrap()));
+    }
+
+    /// No object decodes as a tombstone, and no tombstone as an object.
+    #[test]
+    fn tombstone_and_object_never_mix(name in object_name(), app in app_spec(), deleted_at_ms: u64) {
+        let deployment = Deployment { name: name.clone(), selector: Selector::default(), placement: PlacementMode::PerNode, colocate_with: None, app };
+        prop_assert!(!Tombstone::is_tombstone(&deployment.to_cbor().unwrap()));
+        let tombstone = Tombstone { name, deleted_at_ms }.to_cbor().unwrap();
+        prop_assert!(Deployment::from_cbor(&tombstone).is_err());
+        prop_assert!(Rollout::from_cbor(&tombstone).is_err());
+    }
+
+    #[test]
     fn deployment_round_trips(
         name in object_name(),
         app in app_spec(),
@@ -455,6 +472,7 @@ proptest! {
         let _ = CenterEvent::from_cbor(&bytes);
         let _ = Deployment::from_cbor(&bytes);
         let _ = Rollout::from_cbor(&bytes);
+        let _ = Tombstone::from_cbor(&bytes);
     }
 
     /// Flipping bytes of a valid message never panics, and whatever still

@@ -9,7 +9,7 @@
 
 use tollway_topics::{
     Deployment, EventKind, HourlySummary, Message, NodeId, NodeKind, NodeStatus, ObjectName,
-    OpsKind, Presence, Topic,
+    OpsKind, Presence, Tombstone, Topic,
 };
 
 use super::inventory::NodeRecord;
@@ -150,7 +150,7 @@ impl Controller {
     }
 
     fn handle_deployment(&mut self, name: ObjectName, payload: &[u8], now_ms: u64) {
-        if payload.is_empty() {
+        if payload.is_empty() || Tombstone::is_tombstone(payload) {
             self.delete_deployment(&name);
             return;
         }

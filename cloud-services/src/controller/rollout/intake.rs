@@ -5,7 +5,7 @@
 //! because a completed rollout keeps overriding the deployment's image until
 //! the rollout object is deleted.
 
-use tollway_topics::{EventKind, Message, ObjectName, Rollout};
+use tollway_topics::{EventKind, Message, ObjectName, Rollout, Tombstone};
 
 use super::super::state::Controller;
 use super::{Progress, RolloutRecord, fingerprint};
@@ -18,7 +18,7 @@ impl Controller {
         payload: &[u8],
         now_ms: u64,
     ) {
-        if payload.is_empty() {
+        if payload.is_empty() || Tombstone::is_tombstone(payload) {
             self.delete_rollout(&name);
             return;
         }
