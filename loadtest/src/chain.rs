@@ -43,6 +43,24 @@ pub struct ChainPrograms {
 }
 
 impl ChainPrograms {
+    /// The programs the chain runs, for [`crate::preflight::check`]. All
+    /// three come from the directory of `--broker-bin`.
+    pub fn needed(&self) -> Vec<crate::preflight::Program> {
+        let fix = "build the workspace (`cargo build --release --workspace`), or pass a --broker-bin whose directory also holds tollway-bridge and tollway-center";
+        [
+            ("--broker-bin", &self.brokers.tollway_broker),
+            ("tollway-bridge beside --broker-bin", &self.bridge),
+            ("tollway-center beside --broker-bin", &self.center),
+        ]
+        .into_iter()
+        .map(|(option, path)| crate::preflight::Program {
+            option,
+            path: path.clone(),
+            fix: fix.to_string(),
+        })
+        .collect()
+    }
+
     /// Returns the bridge and centre programs next to `tollway-broker`.
     pub fn beside_broker(brokers: Programs) -> Self {
         let dir = brokers

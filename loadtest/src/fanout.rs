@@ -30,6 +30,7 @@ use crate::desired::DesiredFleet;
 use crate::fleet::FleetSpec;
 use crate::options::CommonOptions;
 use crate::pki::FleetPki;
+use crate::preflight::{self, Program};
 use crate::process::{CpuSampler, RssSampler};
 use crate::report::{Comparison, Machine, cell, median, mib, write_json};
 use crate::servers::{
@@ -163,6 +164,10 @@ pub async fn run(
     open_file_limit: u64,
 ) -> Result<FanoutReport, ScenarioError> {
     options.common.validate()?;
+    let machine = Machine::describe(open_file_limit);
+    let mut needed = Program::brokers(&options.common.programs(), &options.brokers);
+    needed.push(Program::center(options.center.program()));
+    preflight::check(&options.common.report, &needed)?;
     let plan = FleetPlan {
         prefix: "fanout",
         nodes: options.nodes,
@@ -189,7 +194,7 @@ pub async fn run(
 
     let report = FanoutReport {
         scenario: "fanout",
-        machine: Machine::describe(open_file_limit),
+        machine,
         nodes: options.nodes,
         changes: options.changes,
         transport: options.transport,

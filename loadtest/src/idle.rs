@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::fleet::{Fleet, FleetSpec};
 use crate::options::CommonOptions;
 use crate::pki::FleetPki;
+use crate::preflight::{self, Program};
 use crate::proxy::{FaultProxy, ProxyCounters};
 use crate::report::{Machine, cell, write_json};
 use crate::servers::{BrokerKind, BrokerUnderTest, Transport};
@@ -114,6 +115,9 @@ pub struct IdleRun {
 /// Runs the scenario and writes the report.
 pub async fn run(options: &IdleOptions, open_file_limit: u64) -> Result<IdleReport, ScenarioError> {
     options.common.validate()?;
+    let machine = Machine::describe(open_file_limit);
+    let needed = Program::brokers(&options.common.programs(), &options.brokers);
+    preflight::check(&options.common.report, &needed)?;
     let plan = FleetPlan {
         prefix: "idle",
         nodes: options.nodes,
@@ -135,7 +139,7 @@ pub async fn run(options: &IdleOptions, open_file_limit: u64) -> Result<IdleRepo
 
     let report = IdleReport {
         scenario: "idle",
-        machine: Machine::describe(open_file_limit),
+        machine,
         nodes: options.nodes,
         duration_s: options.duration_s,
         keep_alive_s: options.common.keep_alive_s,

@@ -17,6 +17,7 @@ pub mod idle;
 pub mod options;
 pub mod outage;
 pub mod pki;
+pub mod preflight;
 pub mod process;
 pub mod proxy;
 pub mod record_fleet;

@@ -18,8 +18,9 @@ use tollway_loadtest::records::{self, RecordsOptions};
 use tollway_loadtest::storm::{self, StormOptions};
 use tollway_runtime::{LogFormat, init_logging};
 
-/// Load tests on loopback: reconnect storms and idle traffic of simulated
-/// edge-node fleets against Tollway's broker and Mosquitto.
+/// Load tests on loopback: simulated edge-node fleets against Tollway's
+/// broker and Mosquitto (reconnect storms, idle traffic, toll records,
+/// deployment fan-out) and records through a national outage.
 #[derive(Debug, Parser)]
 #[command(name = "tollway-loadtest", version)]
 struct Cli {

@@ -25,7 +25,8 @@ pub struct CommonOptions {
     #[arg(long, value_name = "PATH", default_value = "mosquitto")]
     pub mosquitto_bin: PathBuf,
 
-    /// The `mosquitto_passwd` program (plain-TCP runs only).
+    /// The `mosquitto_passwd` program, which writes the password file of
+    /// every Mosquitto run (the centre services log in with a password).
     #[arg(long, value_name = "PATH", default_value = "mosquitto_passwd")]
     pub mosquitto_passwd_bin: PathBuf,
 

@@ -35,6 +35,7 @@ use tollway_topics::{NodeId, Province};
 use crate::chain::{Chain, ChainError, ChainPrograms, ChainSettings, stat};
 use crate::options::{CommonOptions, OptionsError};
 use crate::pki::{FleetPki, PkiError};
+use crate::preflight;
 use crate::proxy::CutMode;
 use crate::report::{Machine, ReportError, cell, write_json};
 use crate::service::{ServiceError, get_json};
@@ -224,6 +225,9 @@ pub async fn run(
     open_file_limit: u64,
 ) -> Result<OutageReport, OutageError> {
     validate(options)?;
+    let machine = Machine::describe(open_file_limit);
+    let programs = ChainPrograms::beside_broker(options.common.programs());
+    preflight::check(&options.common.report, &programs.needed())?;
     let province = Province::new(PROVINCE).map_err(|err| OptionsError(err.to_string()))?;
     let nodes: Vec<NodeId> = (0..options.nodes)
         .map(|index| NodeId::new(format!("outage-{index:04}")))
@@ -236,7 +240,6 @@ pub async fn run(
         .map_err(OutageError::TempDir)?;
     let pki = FleetPki::create(dir.path())?;
     let tls = pki.client_configs(&nodes)?;
-    let programs = ChainPrograms::beside_broker(options.common.programs());
     let settings = ChainSettings {
         bridge_up_bytes_per_second: options.bridge_up_bytes,
         bridge_backoff_ms: (1000, 60_000),
@@ -278,7 +281,7 @@ pub async fn run(
     let run = run?;
 
     let counts = national_counts(&chain, &tallies).await?;
-    let report = build_report(options, open_file_limit, &chain, run, counts, tallies).await?;
+    let report = build_report(options, machine, &chain, run, counts, tallies).await?;
     chain.stop();
     write_json(&options.common.report, &report)?;
     if !report.invariants_held {
@@ -497,7 +500,7 @@ async fn national_counts(
 
 async fn build_report(
     options: &OutageOptions,
-    open_file_limit: u64,
+    machine: Machine,
     chain: &Chain,
     run: RunFigures,
     national: NationalCounts,
@@ -531,7 +534,7 @@ async fn build_report(
         && acknowledged == produced;
     Ok(OutageReport {
         scenario: "outage",
-        machine: Machine::describe(open_file_limit),
+        machine,
         nodes: options.nodes,
         rate: options.rate,
         duration_s: options.duration_s,

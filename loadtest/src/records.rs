@@ -28,6 +28,7 @@ use crate::center::{CenterOptions, CenterProcess, Service};
 use crate::fleet::FleetSpec;
 use crate::options::CommonOptions;
 use crate::pki::FleetPki;
+use crate::preflight::{self, Program};
 use crate::process::{CpuSampler, RssSampler};
 use crate::record_fleet::{Pace, Phase, RecordFleet, UplinkSettings, UplinkStats};
 use crate::report::{Comparison, Machine, cell, mib, write_json};
@@ -237,6 +238,10 @@ pub async fn run(
     open_file_limit: u64,
 ) -> Result<RecordsReport, ScenarioError> {
     options.common.validate()?;
+    let machine = Machine::describe(open_file_limit);
+    let mut needed = Program::brokers(&options.common.programs(), &options.brokers);
+    needed.push(Program::center(options.center.program()));
+    preflight::check(&options.common.report, &needed)?;
     let plan = FleetPlan {
         prefix: "records",
         nodes: options.nodes,
@@ -263,7 +268,7 @@ pub async fn run(
 
     let report = RecordsReport {
         scenario: "records",
-        machine: Machine::describe(open_file_limit),
+        machine,
         nodes: options.nodes,
         rate: match options.rate {
             Rate::PerSecond(rate) => Some(rate),

@@ -97,7 +97,9 @@ pub enum ServerError {
         source: std::io::Error,
     },
 
-    #[error("cannot run {program}: {source}; install it or pass its path")]
+    #[error(
+        "cannot run {program}: {source}; build or install it, or name it with --broker-bin, --mosquitto-bin or --mosquitto-passwd-bin"
+    )]
     Spawn {
         program: PathBuf,
         #[source]

@@ -33,7 +33,7 @@ pub enum ServiceError {
     },
 
     #[error(
-        "cannot run {program}: {source}; build the workspace (`cargo build --release --workspace`) or name the program: --broker-bin (the bridge and centre beside it) or --center-bin"
+        "cannot run {program}: {source}; build the workspace (`cargo build --release --workspace`) or name the program with the scenario's --broker-bin or --center-bin (see --help)"
     )]
     Spawn {
         program: PathBuf,

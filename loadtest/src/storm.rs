@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::fleet::{Fleet, FleetCounters, FleetSpec, RetryPolicy};
 use crate::options::CommonOptions;
 use crate::pki::FleetPki;
+use crate::preflight::{self, Program};
 use crate::process::{CpuSampler, rss_bytes};
 use crate::report::{Comparison, Machine, cell, median, mib, write_json};
 use crate::servers::{BrokerKind, BrokerUnderTest, Programs, ServerError, Transport};
@@ -210,6 +211,9 @@ pub async fn run(
     open_file_limit: u64,
 ) -> Result<StormReport, ScenarioError> {
     options.common.validate()?;
+    let machine = Machine::describe(open_file_limit);
+    let needed = Program::brokers(&options.common.programs(), &options.brokers);
+    preflight::check(&options.common.report, &needed)?;
     let plan = FleetPlan {
         prefix: "storm",
         nodes: options.nodes,
@@ -231,7 +235,7 @@ pub async fn run(
 
     let report = StormReport {
         scenario: "storm",
-        machine: Machine::describe(open_file_limit),
+        machine,
         nodes: options.nodes,
         rounds: options.rounds,
         keep_alive_s: options.common.keep_alive_s,

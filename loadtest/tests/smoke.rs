@@ -350,3 +350,49 @@ fn outage_loses_nothing_and_stores_nothing_twice() {
     assert!(report["link_bytes_up"].as_u64().unwrap_or(0) > 0);
     assert_eq!(report["nodes_detail"].as_array().unwrap().len(), 5);
 }
+
+/// A report path that cannot be written and a program that does not exist
+/// stop a scenario before it starts anything, with exit code 2 and the
+/// option named.
+#[test]
+fn bad_report_path_and_program_fail_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing_dir = dir.path().join("missing").join("storm.json");
+    let report = dir.path().join("storm.json");
+    let cases: [(Vec<&str>, &str); 3] = [
+        (
+            vec!["storm", "--report", missing_dir.to_str().unwrap()],
+            "does not exist",
+        ),
+        (
+            vec![
+                "storm",
+                "--broker-bin",
+                "/nonexistent/tollway-broker",
+                "--report",
+                report.to_str().unwrap(),
+            ],
+            "--broker-bin /nonexistent/tollway-broker: not found",
+        ),
+        (
+            vec![
+                "records",
+                "--center-bin",
+                "/nonexistent/tollway-center",
+                "--report",
+                report.to_str().unwrap(),
+            ],
+            "--center-bin /nonexistent/tollway-center: not found",
+        ),
+    ];
+    for (args, expected) in cases {
+        let output = Command::new(bin_path("tollway-loadtest"))
+            .args(&args)
+            .output()
+            .expect("tollway-loadtest did not start");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    assert!(!report.exists(), "a report was written");
+}
