@@ -25,11 +25,17 @@ struct Province {
     data: tempfile::TempDir,
     api_port: u16,
     grace_period_s: u64,
+    /// `controller.forget_after_s`; the default when `None`.
+    forget_after_s: Option<u64>,
     center: Option<Center>,
 }
 
 impl Province {
     fn start(grace_period_s: u64) -> Self {
+        Province::start_forgetting(grace_period_s, None)
+    }
+
+    fn start_forgetting(grace_period_s: u64, forget_after_s: Option<u64>) -> Self {
         let files = BrokerFiles::province();
         let broker = files.start();
         let data = tempfile::tempdir().unwrap();
@@ -40,6 +46,7 @@ impl Province {
             data,
             api_port,
             grace_period_s,
+            forget_after_s,
             center: None,
         };
         province.start_center();
@@ -47,12 +54,18 @@ impl Province {
     }
 
     fn start_center(&mut self) {
-        let config = controller_config(
+        let mut config = controller_config(
             &self.files,
             &self.data.path().join("controller"),
             self.api_port,
             self.grace_period_s,
         );
+        if let Some(forget_after_s) = self.forget_after_s {
+            config = config.replace(
+                "[controller.broker]",
+                &format!("forget_after_s = {forget_after_s}\n\n[controller.broker]"),
+            );
+        }
         self.center = Some(Center::start(self.data.path(), &config, self.api_port));
     }
 
@@ -149,22 +162,30 @@ async fn publish_raw(client: &AsyncClient, name: &str, payload: Vec<u8>) {
 
 /// Reads the retained desired state of `node` from the broker with a fresh client.
 async fn retained_desired(files: &BrokerFiles, node: &str) -> Option<DesiredState> {
+    retained(files, node, "desired")
+        .await
+        .map(|payload| DesiredState::from_cbor(&payload).unwrap())
+}
+
+/// Reads the retained message on one of `node`'s topics with a fresh
+/// client; `None` when the broker holds none.
+async fn retained(files: &BrokerFiles, node: &str, kind: &str) -> Option<Vec<u8>> {
     let (client, mut eventloop, ack) = connect(service_options(
         files,
-        &format!("reader-{node}"),
+        &format!("reader-{node}-{}", kind.replace('/', "-")),
         Some(SERVICE_PASSWORD),
     ))
     .await;
     ack.expect("reader connects");
     client
-        .subscribe(node_topic(node, "desired"), QoS::AtLeastOnce)
+        .subscribe(node_topic(node, kind), QoS::AtLeastOnce)
         .await
         .unwrap();
     let found = next_packet(
         &mut eventloop,
         Duration::from_secs(2),
         |packet| match packet {
-            Packet::Publish(publish) => Some(DesiredState::from_cbor(&publish.payload).unwrap()),
+            Packet::Publish(publish) => Some(publish.payload.to_vec()),
             _ => None,
         },
     )
@@ -637,4 +658,41 @@ async fn delete_while_controller_down_takes_effect() {
     province.wait_apps("n1", &["toll-app"]);
     assert_eq!(province.deployment("gone"), None);
     assert!(province.deployment("toll-app").is_some());
+}
+
+/// A node offline longer than `forget_after_s` leaves the inventory, and
+/// its retained presence and desired state are cleared, so a restarted
+/// controller does not add it again. A node that is still online stays.
+#[tokio::test(flavor = "multi_thread")]
+async fn departed_node_is_forgotten() {
+    let mut province = Province::start_forgetting(1, Some(3));
+    let ops = operator(&province.files, "ops").await;
+    let n1 = sim(&province.files, "n1", &gantry("T1", "S1")).await;
+    let _n2 = sim(&province.files, "n2", &gantry("T2", "S1")).await;
+    apply(
+        &ops,
+        &deployment("toll-app", &[], PlacementMode::PerNode, None),
+    )
+    .await;
+    province.wait_apps("n1", &["toll-app"]);
+    province.wait_apps("n2", &["toll-app"]);
+    assert!(retained(&province.files, "n1", "presence").await.is_some());
+
+    n1.go_offline().await;
+    let api_port = province.api_port;
+    wait_for("n1 to leave the inventory", WAIT, || {
+        match http_get(api_port, "/v1/nodes/n1") {
+            (404, _) => Ok(()),
+            (code, body) => Err(format!("{code} {body}")),
+        }
+    });
+    assert_eq!(retained_desired(&province.files, "n1").await, None);
+    assert_eq!(retained(&province.files, "n1", "presence").await, None);
+
+    let status = province.center.take().unwrap().stop();
+    assert!(status.success(), "controller exited with {status}");
+    province.start_center();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(http_get(api_port, "/v1/nodes/n1").0, 404);
+    assert_eq!(province.node("n2")["online"], true);
 }

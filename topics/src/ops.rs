@@ -505,7 +505,7 @@ impl Message for Rollout {
 /// the broker without a trace.
 ///
 /// Keys: 0 name, 31 deleted_at_ms. No object has key 31, so
-/// [`Tombstone::is_tombstone`] tells the two apart.
+/// [`Tombstone::is_tombstone`] distinguishes the two.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tombstone {
     pub name: ObjectName,

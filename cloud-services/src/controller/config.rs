@@ -21,6 +21,13 @@ pub struct ControllerConfig {
     /// to other nodes; per-node instances never move. Default 600.
     #[serde(default = "default_grace_period_s")]
     pub grace_period_s: u64,
+    /// Seconds a node may stay offline before the controller forgets it:
+    /// it leaves the inventory and the store, and its retained presence
+    /// and desired state are cleared from the broker. A node that returns
+    /// later joins as a new node. 0 never forgets. Default 2,592,000
+    /// (30 days).
+    #[serde(default = "default_forget_after_s")]
+    pub forget_after_s: u64,
     /// Seconds between province status messages on `center/status`.
     /// Default 60.
     #[serde(default = "default_status_interval_s")]
@@ -42,6 +49,9 @@ pub struct ControllerConfig {
 
 fn default_grace_period_s() -> u64 {
     600
+}
+fn default_forget_after_s() -> u64 {
+    30 * 24 * 3600
 }
 fn default_status_interval_s() -> u64 {
     60
@@ -65,6 +75,12 @@ impl ControllerConfig {
         }
         if self.status_interval_s == 0 {
             problems.push("controller.status_interval_s: must be at least 1".to_string());
+        }
+        if self.forget_after_s != 0 && self.forget_after_s < self.grace_period_s {
+            problems.push(format!(
+                "controller.forget_after_s: {} is shorter than controller.grace_period_s ({}); set it to 0 (never) or at least the grace period",
+                self.forget_after_s, self.grace_period_s
+            ));
         }
         if self.max_nodes == 0 {
             problems.push("controller.max_nodes: must be at least 1".to_string());

@@ -109,6 +109,17 @@ impl NodeRecord {
         });
     }
 
+    /// Returns how long the node has been offline, in milliseconds; `None`
+    /// while it is online. A node known only from the store counts from
+    /// `last_seen_ms`.
+    pub fn offline_for_ms(&self, now_ms: u64) -> Option<u64> {
+        match (self.online, self.offline_since_ms) {
+            (true, _) => None,
+            (false, Some(since)) => Some(now_ms.saturating_sub(since)),
+            (false, None) => Some(now_ms.saturating_sub(self.last_seen_ms)),
+        }
+    }
+
     /// Reports whether replica instances may stay on or move to this node:
     /// it is online, or offline for less than `grace_ms`.
     pub fn within_grace(&self, now_ms: u64, grace_ms: u64) -> bool {

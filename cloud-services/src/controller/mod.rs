@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod config;
+pub mod forget;
 pub mod intake;
 pub mod inventory;
 pub mod placement;
@@ -93,6 +94,7 @@ pub async fn start(config: ControllerConfig, shutdown: &mut Shutdown) -> Result<
         store,
         loaded,
         config.grace_period_s.saturating_mul(1000),
+        (config.forget_after_s > 0).then(|| config.forget_after_s.saturating_mul(1000)),
         config.max_nodes,
         config.max_deployments,
     );

@@ -18,6 +18,7 @@ impl Controller {
     /// changed, so it also runs periodically to notice grace periods that
     /// ran out.
     pub fn reconcile(&mut self, now_ms: u64) {
+        self.forget_departed(now_ms);
         let clock = Clock {
             now_ms,
             grace_ms: self.grace_ms,

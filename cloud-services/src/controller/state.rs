@@ -28,6 +28,8 @@ pub struct Controller {
     pub(super) province: Province,
     pub(super) store: Store,
     pub(super) grace_ms: u64,
+    /// Offline time after which a node is forgotten; `None` never.
+    pub(super) forget_ms: Option<u64>,
     pub(super) max_nodes: usize,
     pub(super) max_deployments: usize,
 
@@ -47,6 +49,8 @@ pub struct Controller {
     /// Desired states stored but not yet handed to the client, at most one
     /// per node (a newer one replaces an older one).
     pub(super) pending_desired: BTreeMap<NodeId, Vec<u8>>,
+    /// Forgotten nodes whose retained presence is still to be cleared.
+    pub(super) pending_presence_clears: BTreeSet<NodeId>,
     pub(super) pending_events: VecDeque<CenterEvent>,
     /// The last problem published per deployment, so each is published once.
     pub(super) reported: BTreeMap<ObjectName, String>,
@@ -68,6 +72,7 @@ impl Controller {
         store: Store,
         loaded: Loaded,
         grace_ms: u64,
+        forget_ms: Option<u64>,
         max_nodes: usize,
         max_deployments: usize,
     ) -> Self {
@@ -79,6 +84,7 @@ impl Controller {
             province,
             store,
             grace_ms,
+            forget_ms,
             max_nodes,
             max_deployments,
             nodes: loaded.nodes,
@@ -89,6 +95,7 @@ impl Controller {
             rollouts: loaded.rollouts,
             rejected_rollouts: BTreeMap::new(),
             pending_desired: BTreeMap::new(),
+            pending_presence_clears: BTreeSet::new(),
             pending_events: VecDeque::new(),
             reported: BTreeMap::new(),
             dirty: true,
@@ -168,6 +175,21 @@ impl Controller {
             .collect();
         for node in sent {
             self.pending_desired.remove(&node);
+        }
+
+        let cleared: Vec<NodeId> = self
+            .pending_presence_clears
+            .iter()
+            .take_while(|node| {
+                let topic = Topic::node(province, (*node).clone(), NodeKind::Presence).to_string();
+                client
+                    .try_publish(topic, QoS::AtLeastOnce, true, Vec::new())
+                    .is_ok()
+            })
+            .cloned()
+            .collect();
+        for node in cleared {
+            self.pending_presence_clears.remove(&node);
         }
 
         let topic = Topic::center(province, CenterKind::Events).to_string();

@@ -135,6 +135,18 @@ impl Store {
             .map_err(rocks("node write"))
     }
 
+    /// Removes a node's record and its desired state in one synced write.
+    pub fn delete_node(&self, node: &NodeId) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(self.family(NODES), node.as_str());
+        batch.delete_cf(self.family(DESIRED), node.as_str());
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.db
+            .write_opt(batch, &options)
+            .map_err(rocks("node delete"))
+    }
+
     pub fn put_deployment(&self, deployment: &Deployment, cbor: &[u8]) -> Result<(), StoreError> {
         self.db
             .put_cf(self.family(DEPLOYMENTS), deployment.name.as_str(), cbor)
