@@ -212,7 +212,8 @@ pub struct RecordsRun {
     pub nodes_mismatched: u64,
     /// Every record acknowledged within the drain timeout.
     pub all_acknowledged: bool,
-    /// `records_stored` equals `records_created` and no node mismatched.
+    /// At least one record was created, `records_stored` equals
+    /// `records_created` and no node mismatched.
     pub store_matches: bool,
     /// The error that ended the run early, if any.
     pub error: Option<String>,
@@ -490,7 +491,11 @@ async fn check_stores(
         .map(|ingest| ingest.records_duplicate)
         .sum();
     run.nodes_mismatched = count_mismatched_nodes(ingest, nodes, stats).await?;
-    run.store_matches = run.records_stored == run.records_created && run.nodes_mismatched == 0;
+    // A run that created nothing proves nothing, e.g. `--rate 0.001` over
+    // a short duration.
+    run.store_matches = run.records_created > 0
+        && run.records_stored == run.records_created
+        && run.nodes_mismatched == 0;
     Ok(())
 }
 
