@@ -493,6 +493,11 @@ async fn check_stores(
     run.nodes_mismatched = count_mismatched_nodes(ingest, nodes, stats).await?;
     // A run that created nothing proves nothing, e.g. `--rate 0.001` over
     // a short duration.
+    if run.records_created == 0 {
+        tracing::warn!(
+            "no record was created, so the run proves nothing; raise --rate or --duration-s"
+        );
+    }
     run.store_matches = run.records_created > 0
         && run.records_stored == run.records_created
         && run.nodes_mismatched == 0;

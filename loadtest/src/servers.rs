@@ -152,7 +152,9 @@ pub struct BrokerUnderTest {
     log: PathBuf,
     child: Option<Child>,
     /// Keeps the configuration and data until the broker is dropped.
-    _dir: tempfile::TempDir,
+    /// The run directory; kept on disk when the broker fails to start,
+    /// because the error names the log in it.
+    dir: Option<tempfile::TempDir>,
 }
 
 impl BrokerUnderTest {
@@ -199,9 +201,15 @@ impl BrokerUnderTest {
             config,
             log: dir.path().join("broker.log"),
             child: None,
-            _dir: dir,
+            dir: Some(dir),
         };
-        broker.spawn()?;
+        if let Err(err) = broker.spawn() {
+            if let Some(dir) = broker.dir.take() {
+                let kept = dir.keep();
+                tracing::warn!(broker = %kind, dir = %kept.display(), "broker did not start; its directory is kept");
+            }
+            return Err(err);
+        }
         Ok(broker)
     }
 
