@@ -357,6 +357,12 @@ impl Config {
                 1,
             );
         }
+        if let Some(controller) = &self.controller {
+            controller.check(&mut problems);
+        }
+        if let Some(aggregator) = &self.aggregator {
+            aggregator.check(&mut problems);
+        }
         problems.into_result(path)
     }
 
@@ -435,6 +441,55 @@ mod tests {
         ] {
             assert!(err.contains(key), "{key} missing from: {err}");
         }
+    }
+
+    /// Controller and aggregator problems are reported with the others,
+    /// before any service starts.
+    #[test]
+    fn controller_problems_are_reported_with_the_others() {
+        let text = format!(
+            "{BROKER}[ingest]\nprovince = 44\n[forwarder]\nprovince = 32\n\
+             [controller]\nprovince = 44\ndata_dir = \"c\"\ngrace_period_s = 600\nforget_after_s = 60\napi_bind = \"0.0.0.0:8470\"\n\
+             [controller.broker]\nport = 1883\nclient_id = \"ctl\"\n\
+             [aggregator]\napi_bind = \"0.0.0.0:8471\"\n[aggregator.broker]\nport = 1883\nclient_id = \"agg\"\n"
+        );
+        let err = parse(&text).unwrap_err();
+        for key in [
+            "forwarder.province",
+            "controller.forget_after_s",
+            "controller.api_bind",
+            "aggregator.api_bind",
+        ] {
+            assert!(err.contains(key), "{key} missing from: {err}");
+        }
+    }
+
+    /// The sample configurations under deploy/examples parse and pass the
+    /// checks, commented defaults included.
+    #[test]
+    fn sample_configurations_are_valid() {
+        let province = include_str!("../../deploy/examples/center-province.toml");
+        let national = include_str!("../../deploy/examples/center-national.toml");
+        for text in [province, national] {
+            assert_eq!(parse(text), Ok(()));
+            // `# key = value` lines become settings; other comments go.
+            let uncommented: String = text
+                .lines()
+                .filter_map(|line| match line.strip_prefix("# ") {
+                    Some(rest) if is_setting(rest) => Some(rest),
+                    Some(_) => None,
+                    None => Some(line),
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            assert_eq!(parse(&uncommented), Ok(()), "{uncommented}");
+        }
+    }
+
+    fn is_setting(line: &str) -> bool {
+        line.split_once(" = ").is_some_and(|(key, _)| {
+            !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        })
     }
 
     #[test]

@@ -232,13 +232,34 @@ pub fn apply(path: &Path, dry_run: bool, connection: &Connection) -> Result<Stri
 
 /// Deletes a deployment or rollout: a [`Tombstone`] retained on its topic,
 /// so that a controller disconnected now still sees the delete later.
-pub fn delete(rollout: bool, name: &str, connection: &Connection) -> Result<String, String> {
+///
+/// A name the controller answers it does not know is refused unless
+/// `force`, so that a typo does not look like a delete. When the
+/// controller cannot be asked (it is stopped, say), the delete goes ahead:
+/// the tombstone reaches it when it is back.
+pub fn delete(
+    rollout: bool,
+    name: &str,
+    force: bool,
+    connection: &Connection,
+) -> Result<String, String> {
     let name = ObjectName::new(name).map_err(|err| err.to_string())?;
     let (kind, topic) = if rollout {
         ("rollout", Topic::rollout(name.clone()))
     } else {
         ("deployment", Topic::deployment(name.clone()))
     };
+    if !force && controller_lacks(rollout, &name, connection) {
+        return Err(format!(
+            "{kind}/{name}: {} {}; {}",
+            text("not known to the controller at", "控制器中没有此对象："),
+            connection.controller_url,
+            text(
+                "nothing published. Check the name with `tollwayctl get deployments` (or `rollout status`), or pass --force",
+                "未发布任何内容。请用 `tollwayctl get deployments`（或 `rollout status`）核对名称，或加 --force"
+            )
+        ));
+    }
     let deleted_at_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_millis() as u64);
@@ -250,4 +271,20 @@ pub fn delete(rollout: bool, name: &str, connection: &Connection) -> Result<Stri
     .map_err(|err| err.to_string())?;
     connection.publish_retained(&[(topic.to_string(), tombstone)])?;
     Ok(format!("{kind}/{name} {}", text("deleted", "已删除")))
+}
+
+/// Returns true only when the controller answered and does not list
+/// `name`; false when it lists it or cannot be asked.
+fn controller_lacks(rollout: bool, name: &ObjectName, connection: &Connection) -> bool {
+    let listing = if rollout {
+        "/v1/rollouts"
+    } else {
+        "/v1/deployments"
+    };
+    match connection.controller_get(listing) {
+        Ok(objects) => objects
+            .as_array()
+            .is_some_and(|objects| !objects.iter().any(|object| object["name"] == name.as_str())),
+        Err(_) => false,
+    }
 }

@@ -84,6 +84,10 @@ enum Command {
         kind: DeleteKind,
         /// Deployment or rollout name.
         name: String,
+        /// Publish the delete even when the controller does not know the
+        /// name (for example after it lost its store).
+        #[arg(long)]
+        force: bool,
     },
     /// Follow and steer a rollout.
     Rollout {
@@ -209,9 +213,12 @@ fn run(command: Command, output: Output, connection: &Connection) -> Result<Stri
             let file = file.or(path).ok_or("apply needs a file: -f FILE")?;
             apply::apply(&file, dry_run, connection)
         }
-        Command::Delete { kind, name } => {
-            apply::delete(matches!(kind, DeleteKind::Rollout), &name, connection)
-        }
+        Command::Delete { kind, name, force } => apply::delete(
+            matches!(kind, DeleteKind::Rollout),
+            &name,
+            force,
+            connection,
+        ),
         Command::Rollout { action } => match action {
             RolloutAction::Status { name } => rollout::status(&name, output, connection),
             RolloutAction::Pause { name } => {

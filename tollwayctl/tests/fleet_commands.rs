@@ -238,6 +238,17 @@ password_file = "{password}"
         "{chinese}"
     );
 
+    // A name the controller does not know is a typo until --force says not.
+    let typo = with_config(&["delete", "deployment", "plate-audti"], &[]);
+    assert_eq!(typo.status.code(), Some(1), "{}", stdout(&typo));
+    assert!(
+        stderr(&typo).contains("not known to the controller"),
+        "{}",
+        stderr(&typo)
+    );
+    let forced = with_config(&["delete", "deployment", "plate-audti", "--force"], &[]);
+    assert_eq!(forced.status.code(), Some(0), "{}", stderr(&forced));
+
     let deleted = with_config(&["delete", "deployment", "plate-audit"], &[]);
     assert_eq!(deleted.status.code(), Some(0), "{}", stderr(&deleted));
     wait_for("plate-audit gone", Duration::from_secs(15), || {

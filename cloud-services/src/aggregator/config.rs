@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use serde::Deserialize;
+use tollway_runtime::config::Problems;
 
 use crate::mqtt_link::BrokerConfig;
 
@@ -21,6 +22,29 @@ pub struct AggregatorConfig {
     pub stale_after_s: u64,
     /// The national broker.
     pub broker: BrokerConfig,
+}
+
+impl AggregatorConfig {
+    /// Records every problem with the settings, each naming its key.
+    pub fn check(&self, problems: &mut Problems) {
+        if !self.api_bind.ip().is_loopback() {
+            problems.push(
+                "aggregator.api_bind",
+                self.api_bind,
+                "must be a loopback address; the aggregator API has no authentication",
+            );
+        }
+        if self.stale_after_s == 0 {
+            problems.push("aggregator.stale_after_s", 0, "must be at least 1");
+        }
+        if let Some(problem) = self.broker.backoff.problem() {
+            problems.push(
+                "aggregator.broker.backoff",
+                format!("{:?}", self.broker.backoff),
+                &problem,
+            );
+        }
+    }
 }
 
 fn default_api_bind() -> SocketAddr {

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::Deserialize;
+use tollway_runtime::config::Problems;
 use tollway_topics::Province;
 
 use crate::mqtt_link::BrokerConfig;
@@ -67,30 +68,43 @@ fn default_max_deployments() -> usize {
 }
 
 impl ControllerConfig {
-    /// Returns every problem with the settings, each naming the key.
-    pub fn problems(&self) -> Vec<String> {
-        let mut problems = Vec::new();
+    /// Records every problem with the settings, each naming its key.
+    pub fn check(&self, problems: &mut Problems) {
         if let Err(err) = Province::new(self.province) {
-            problems.push(format!("controller.province: {err}"));
+            problems.push("controller.province", self.province, &err.to_string());
+        }
+        if !self.api_bind.ip().is_loopback() {
+            problems.push(
+                "controller.api_bind",
+                self.api_bind,
+                "must be a loopback address; the controller API has no authentication",
+            );
         }
         if self.status_interval_s == 0 {
-            problems.push("controller.status_interval_s: must be at least 1".to_string());
+            problems.push("controller.status_interval_s", 0, "must be at least 1");
         }
         if self.forget_after_s != 0 && self.forget_after_s < self.grace_period_s {
-            problems.push(format!(
-                "controller.forget_after_s: {} is shorter than controller.grace_period_s ({}); set it to 0 (never) or at least the grace period",
-                self.forget_after_s, self.grace_period_s
-            ));
+            problems.push(
+                "controller.forget_after_s",
+                self.forget_after_s,
+                &format!(
+                    "is shorter than controller.grace_period_s ({}); set it to 0 (never) or at least the grace period",
+                    self.grace_period_s
+                ),
+            );
         }
         if self.max_nodes == 0 {
-            problems.push("controller.max_nodes: must be at least 1".to_string());
+            problems.push("controller.max_nodes", 0, "must be at least 1");
         }
         if self.max_deployments == 0 {
-            problems.push("controller.max_deployments: must be at least 1".to_string());
+            problems.push("controller.max_deployments", 0, "must be at least 1");
         }
         if let Some(problem) = self.broker.backoff.problem() {
-            problems.push(format!("controller.broker.backoff: {problem}"));
+            problems.push(
+                "controller.broker.backoff",
+                format!("{:?}", self.broker.backoff),
+                &problem,
+            );
         }
-        problems
     }
 }

@@ -74,9 +74,12 @@ pub enum StartError {
 /// Starts the controller's tasks (broker link, controller loop, API) under
 /// `shutdown`.
 pub async fn start(config: ControllerConfig, shutdown: &mut Shutdown) -> Result<(), StartError> {
-    let problems = config.problems();
+    // `Config::validate` runs these checks before any service starts; they
+    // run again here for a controller started on its own.
+    let mut problems = tollway_runtime::config::Problems::default();
+    config.check(&mut problems);
     if !problems.is_empty() {
-        return Err(StartError::Config(problems.join("; ")));
+        return Err(StartError::Config(problems.to_string()));
     }
     let province =
         Province::new(config.province).map_err(|err| StartError::Config(err.to_string()))?;
