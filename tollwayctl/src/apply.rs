@@ -91,7 +91,22 @@ pub fn parse_file(path: &Path) -> Result<Vec<Parsed>, String> {
             Kind::Deployment => Deployment::deserialize(document).map(Object::Deployment),
             Kind::Rollout => Rollout::deserialize(document).map(Object::Rollout),
         }
-        .map_err(|err| format!("{}: {err}", place(&err)))?;
+        .map_err(|err| {
+            // serde_norway appends the location that `place` already gives.
+            let message = err.to_string();
+            let message = match message.rfind(" at line ") {
+                Some(at) => message[..at].to_string(),
+                None => message,
+            };
+            // A check that runs on the whole object (a selector, say)
+            // reports the document's start; the quoted value it names
+            // shows the line.
+            let place = match quoted_value_position(&yaml, index, &message) {
+                Some((line, column)) => format!("{}:{line}:{column}", path.display()),
+                None => place(&err),
+            };
+            format!("{place}: {message}")
+        })?;
         let (cbor, topic) = match &object {
             Object::Deployment(deployment) => (
                 deployment.to_cbor(),
@@ -134,6 +149,39 @@ pub fn parse_file(path: &Path) -> Result<Vec<Parsed>, String> {
         ));
     }
     Ok(parsed)
+}
+
+/// Returns the 1-based line and column, within document `index` of `yaml`,
+/// of the first value that `message` quotes (`"..."`), when the message
+/// quotes one and the document contains it exactly once.
+fn quoted_value_position(yaml: &str, index: usize, message: &str) -> Option<(usize, usize)> {
+    let start = message.find('"')? + 1;
+    let length = message[start..].find('"')?;
+    let quoted = &message[start..start + length];
+    if quoted.is_empty() {
+        return None;
+    }
+
+    let mut document = 0;
+    let mut found = None;
+    for (number, line) in yaml.lines().enumerate() {
+        if line.starts_with("---") {
+            if number > 0 {
+                document += 1;
+            }
+            continue;
+        }
+        if document != index {
+            continue;
+        }
+        if let Some(column) = line.find(quoted) {
+            if found.is_some() {
+                return None;
+            }
+            found = Some((number + 1, column + 1));
+        }
+    }
+    found
 }
 
 /// Reads each document's top-level `kind:` line and blanks it (keeping the

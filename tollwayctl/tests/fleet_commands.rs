@@ -95,6 +95,19 @@ fn invalid_file_names_line_and_field() {
         "no line and column in: {text}"
     );
 
+    // A selector is checked on the whole object; the error still points at
+    // the selector's line (line 10 of the file, in the second document).
+    let selector = DEPLOYMENT.replace(
+        "name: plate-audit\nselector: [\"role = gantry\"]",
+        "name: plate-audit\nselector: [\"role === gantry\"]",
+    );
+    let file = write(dir.path(), "selector.yaml", &selector);
+    let output = ctl(&["apply", "-f", &file, "--dry-run"], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    let text = stderr(&output);
+    assert!(text.contains("selector.yaml:10:"), "no selector line in: {text}");
+    assert!(!text.contains(" at line "), "location given twice: {text}");
+
     let replicas = DEPLOYMENT.replace("replicas: 1", "replicas: 0");
     let file = write(dir.path(), "zero.yaml", &replicas);
     let output = ctl(&["apply", "-f", &file, "--dry-run"], &[]);
