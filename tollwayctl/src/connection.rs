@@ -138,6 +138,18 @@ impl Connection {
                     ));
                 }
                 Ok(Ok(_)) => {}
+                Ok(Err(rumqttc::ConnectionError::ConnectionRefused(code))) => {
+                    return Err(format!(
+                        "{} {}:{} ({code:?}); {}",
+                        text("the broker rejected the login at", "broker 拒绝了登录："),
+                        self.broker_host,
+                        self.broker_port,
+                        text(
+                            "check --username and --password-file",
+                            "请检查 --username 和 --password-file"
+                        )
+                    ));
+                }
                 Ok(Err(err)) => {
                     return Err(format!(
                         "{} {}:{}: {err}; {}",

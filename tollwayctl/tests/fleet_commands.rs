@@ -198,6 +198,16 @@ password_file = "{password}"
         ctl(&full, env)
     };
 
+    // A wrong password is a rejected login, not an unreachable broker.
+    let wrong = write(data.path(), "wrong.password", "not-the-password\n");
+    let rejected = with_config(&["apply", "-f", &file, "--password-file", &wrong], &[]);
+    assert_eq!(rejected.status.code(), Some(1), "{}", stdout(&rejected));
+    assert!(
+        stderr(&rejected).contains("rejected the login"),
+        "{}",
+        stderr(&rejected)
+    );
+
     let applied = with_config(&["apply", "-f", &file], &[]);
     assert_eq!(applied.status.code(), Some(0), "{}", stderr(&applied));
     assert!(stdout(&applied).contains("deployment/plate-audit"));
