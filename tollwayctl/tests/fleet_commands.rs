@@ -105,7 +105,10 @@ fn invalid_file_names_line_and_field() {
     let output = ctl(&["apply", "-f", &file, "--dry-run"], &[]);
     assert_eq!(output.status.code(), Some(1));
     let text = stderr(&output);
-    assert!(text.contains("selector.yaml:10:"), "no selector line in: {text}");
+    assert!(
+        text.contains("selector.yaml:10:"),
+        "no selector line in: {text}"
+    );
     assert!(!text.contains(" at line "), "location given twice: {text}");
 
     let replicas = DEPLOYMENT.replace("replicas: 1", "replicas: 0");
