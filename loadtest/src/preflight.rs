@@ -14,12 +14,12 @@ pub struct Program {
     /// The option that names it, e.g. `--broker-bin`.
     pub option: &'static str,
     pub path: PathBuf,
-    /// What to do when it is missing.
+    /// The fix to print when it is missing.
     pub fix: String,
 }
 
 impl Program {
-    /// The programs that start the given brokers.
+    /// Returns the programs that start the given brokers.
     pub fn brokers(programs: &Programs, brokers: &[BrokerKind]) -> Vec<Program> {
         let mut needed = Vec::new();
         if brokers.contains(&BrokerKind::Tollway) {
@@ -45,7 +45,7 @@ impl Program {
         needed
     }
 
-    /// `tollway-center`, named by `--center-bin`.
+    /// Returns `tollway-center`, named by `--center-bin`.
     pub fn center(path: PathBuf) -> Program {
         Program {
             option: "--center-bin",

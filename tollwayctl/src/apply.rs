@@ -279,7 +279,7 @@ pub fn apply(path: &Path, dry_run: bool, connection: &Connection) -> Result<Stri
 }
 
 /// Deletes a deployment or rollout: a [`Tombstone`] retained on its topic,
-/// so that a controller disconnected now still sees the delete later.
+/// so that a controller disconnected now still receives the delete later.
 ///
 /// A name the controller answers it does not know is refused unless
 /// `force`, so that a typo does not look like a delete. When the
@@ -321,8 +321,8 @@ pub fn delete(
     Ok(format!("{kind}/{name} {}", text("deleted", "已删除")))
 }
 
-/// Returns true only when the controller answered and does not list
-/// `name`; false when it lists it or cannot be asked.
+/// Returns true only when the controller's API responded and does not
+/// list `name`; false when it lists it or does not respond.
 fn controller_lacks(rollout: bool, name: &ObjectName, connection: &Connection) -> bool {
     let listing = if rollout {
         "/v1/rollouts"
