@@ -24,6 +24,11 @@ use tollway_runtime::{CommonArgs, Shutdown, init_logging, load_config};
 
 use crate::config::Config;
 
+/// jemalloc returns memory freed by dropped sessions to the system where
+/// glibc's allocator kept it: see "Reconnect storm" in docs/benchmarks.md.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// MQTT broker for a provincial or the national centre, built on rmqtt.
 #[derive(Debug, Parser)]
 #[command(name = "tollway-broker", version)]
