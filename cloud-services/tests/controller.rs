@@ -168,7 +168,7 @@ async fn retained_desired(files: &BrokerFiles, node: &str) -> Option<DesiredStat
 }
 
 /// Reads the retained message on one of `node`'s topics with a fresh
-/// client; `None` when the broker holds none.
+/// client; `None` when the broker has none.
 async fn retained(files: &BrokerFiles, node: &str, kind: &str) -> Option<Vec<u8>> {
     let (client, mut eventloop, ack) = connect(service_options(
         files,

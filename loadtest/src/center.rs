@@ -122,13 +122,13 @@ impl CenterProcess {
     /// GETs `path` from the process's API and parses the JSON body.
     pub async fn get(&self, path: &str) -> Result<Value, ServiceError> {
         let addr = self.api_addr;
-        let path = path.to_string();
-        tokio::task::spawn_blocking(move || service::get_json(addr, &path))
+        let owned = path.to_string();
+        tokio::task::spawn_blocking(move || service::get_json(addr, &owned))
             .await
             .unwrap_or_else(|err| {
                 Err(ServiceError::Http {
                     addr,
-                    path: String::new(),
+                    path: path.to_string(),
                     reason: format!("the request task failed: {err}"),
                 })
             })

@@ -43,8 +43,8 @@ pub struct ChainPrograms {
 }
 
 impl ChainPrograms {
-    /// The programs the chain runs, for [`crate::preflight::check`]. All
-    /// three come from the directory of `--broker-bin`.
+    /// Returns the programs the chain runs, for [`crate::preflight::check`].
+    /// All three come from the directory of `--broker-bin`.
     pub fn needed(&self) -> Vec<crate::preflight::Program> {
         let fix = "build the workspace (`cargo build --release --workspace`), or pass a --broker-bin whose directory also holds tollway-bridge and tollway-center";
         [

@@ -60,7 +60,7 @@ impl Program {
 pub fn check(report: &Path, programs: &[Program]) -> Result<(), OptionsError> {
     check_report(report)?;
     for program in programs {
-        if let Err(problem) = find_executable(&program.path) {
+        if let Err(problem) = check_executable(&program.path) {
             return Err(OptionsError(format!(
                 "{} {}: {problem}; {}",
                 program.option,
@@ -102,9 +102,10 @@ fn check_report(report: &Path) -> Result<(), OptionsError> {
     Ok(())
 }
 
-/// Finds `program` as `Command` would: a path with a `/` as it is, a bare
-/// name on `PATH`. Returns the problem when it is missing or not executable.
-fn find_executable(program: &Path) -> Result<PathBuf, String> {
+/// Looks `program` up as `Command` would: a path with a `/` as it is, a
+/// bare name on `PATH`. Returns the problem when it is missing or not
+/// executable.
+fn check_executable(program: &Path) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
 
     let executable = |path: &Path| {
@@ -118,11 +119,12 @@ fn find_executable(program: &Path) -> Result<PathBuf, String> {
         if !executable(program) {
             return Err("not an executable file".to_string());
         }
-        return Ok(program.to_path_buf());
+        return Ok(());
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| executable(candidate))
-        .ok_or_else(|| "not found on PATH".to_string())
+    if std::env::split_paths(&path).any(|dir| executable(&dir.join(program))) {
+        Ok(())
+    } else {
+        Err("not found on PATH".to_string())
+    }
 }

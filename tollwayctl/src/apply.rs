@@ -281,7 +281,7 @@ pub fn apply(path: &Path, dry_run: bool, connection: &Connection) -> Result<Stri
 /// Deletes a deployment or rollout: a [`Tombstone`] retained on its topic,
 /// so that a controller disconnected now still receives the delete later.
 ///
-/// A name the controller answers it does not know is refused unless
+/// A name missing from the controller's listing is rejected unless
 /// `force`, so that a typo does not look like a delete. When the
 /// controller cannot be asked (it is stopped, say), the delete goes ahead:
 /// the tombstone reaches it when it is back.

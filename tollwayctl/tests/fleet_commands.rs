@@ -264,7 +264,7 @@ password_file = "{password}"
         "{chinese}"
     );
 
-    // A name the controller does not know is a typo until --force says not.
+    // A name the controller does not list is rejected unless --force is given.
     let typo = with_config(&["delete", "deployment", "plate-audti"], &[]);
     assert_eq!(typo.status.code(), Some(1), "{}", stdout(&typo));
     assert!(

@@ -522,6 +522,12 @@ impl Tombstone {
     pub fn is_tombstone(payload: &[u8]) -> bool {
         Tombstone::from_cbor(payload).is_ok()
     }
+
+    /// Returns whether a payload on an object's topic deletes the object:
+    /// a tombstone, or an empty payload as older clients publish.
+    pub fn deletes(payload: &[u8]) -> bool {
+        payload.is_empty() || Tombstone::is_tombstone(payload)
+    }
 }
 
 impl Message for Tombstone {

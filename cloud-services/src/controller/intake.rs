@@ -150,7 +150,7 @@ impl Controller {
     }
 
     fn handle_deployment(&mut self, name: ObjectName, payload: &[u8], now_ms: u64) {
-        if payload.is_empty() || Tombstone::is_tombstone(payload) {
+        if Tombstone::deletes(payload) {
             self.delete_deployment(&name);
             return;
         }

@@ -18,7 +18,7 @@ impl Controller {
         payload: &[u8],
         now_ms: u64,
     ) {
-        if payload.is_empty() || Tombstone::is_tombstone(payload) {
+        if Tombstone::deletes(payload) {
             self.delete_rollout(&name);
             return;
         }
