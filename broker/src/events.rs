@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType};
@@ -18,6 +19,18 @@ pub struct Counters {
     pub connects: HashMap<&'static str, AtomicU64>,
     /// CONNECTs rejected by the authentication hook, by listener name.
     pub rejections: HashMap<&'static str, AtomicU64>,
+    /// CONNECTs that waited for their listener's pacing, by listener name.
+    pub paced: HashMap<&'static str, AtomicU64>,
+    /// Milliseconds those CONNECTs waited, summed, by listener name.
+    pub pacing_wait_ms: HashMap<&'static str, AtomicU64>,
+    /// CONNECTs whose pacing wait reached the handshake timeout, by
+    /// listener name; rmqtt refuses them with "server unavailable".
+    pub pacing_refusals: HashMap<&'static str, AtomicU64>,
+    /// CONNECTs that waited for an ending session of the same client id
+    /// (see `takeover.rs`).
+    pub takeover_waits: AtomicU64,
+    /// Those of them that gave up after `takeover::TEARDOWN_WAIT`.
+    pub takeover_timeouts: AtomicU64,
     /// PUBLISH packets received from clients, including those the ACL then
     /// drops, and will messages.
     pub messages_in: AtomicU64,
@@ -43,20 +56,43 @@ impl Counters {
         Counters {
             connects: by_listener(),
             rejections: by_listener(),
+            paced: by_listener(),
+            pacing_wait_ms: by_listener(),
+            pacing_refusals: by_listener(),
             ..Counters::default()
         }
     }
 
     pub fn count_rejection(&self, listener: &str) {
-        if let Some(counter) = self.rejections.get(listener) {
-            counter.fetch_add(1, Ordering::Relaxed);
+        add(&self.rejections, listener, 1);
+    }
+
+    /// Counts one CONNECT that waited `waited` for pacing, and whether that
+    /// wait reached the handshake timeout.
+    pub fn count_paced(&self, listener: &str, waited: Duration, refused: bool) {
+        add(&self.paced, listener, 1);
+        add(&self.pacing_wait_ms, listener, waited.as_millis() as u64);
+        if refused {
+            add(&self.pacing_refusals, listener, 1);
         }
     }
 
+    pub fn count_takeover_wait(&self) {
+        self.takeover_waits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_takeover_timeout(&self) {
+        self.takeover_timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn count_connect(&self, listener: &str) {
-        if let Some(counter) = self.connects.get(listener) {
-            counter.fetch_add(1, Ordering::Relaxed);
-        }
+        add(&self.connects, listener, 1);
+    }
+}
+
+fn add(counters: &HashMap<&'static str, AtomicU64>, listener: &str, value: u64) {
+    if let Some(counter) = counters.get(listener) {
+        counter.fetch_add(value, Ordering::Relaxed);
     }
 }
 

@@ -45,6 +45,8 @@ pub struct ListenerInfo {
     pub connections: AtomicUsize,
     /// Spaces out new connections; `None` when pacing is off.
     pub pacer: Option<Pacer>,
+    /// Time a client has for its TLS and MQTT handshake, pacing included.
+    pub handshake_timeout: Duration,
 }
 
 impl ListenerInfo {
@@ -152,6 +154,7 @@ pub fn bind_all(config: &Config) -> Result<(Vec<Listener>, ListenerTable), Liste
                     spec.limits.new_connections_per_second,
                     spec.limits.new_connections_burst,
                 ),
+                handshake_timeout: Duration::from_secs(spec.limits.handshake_timeout_s),
             },
         );
         listeners.push(listener);

@@ -15,6 +15,7 @@ mod passwords;
 mod plugins;
 mod server;
 mod sharing;
+mod takeover;
 
 use std::process::ExitCode;
 use std::time::Duration;

@@ -90,35 +90,55 @@ pub fn render(listeners: &ListenerTable, counters: &Counters) -> String {
         );
     }
 
-    header(
-        &mut out,
-        "tollway_broker_connects_total",
-        "counter",
-        "Accepted CONNECTs, by listener.",
-    );
-    for (name, value) in &counters.connects {
-        let _ = writeln!(
-            out,
-            "tollway_broker_connects_total{{listener=\"{name}\"}} {}",
-            value.load(Ordering::Relaxed)
-        );
-    }
-
-    header(
-        &mut out,
-        "tollway_broker_rejections_total",
-        "counter",
-        "CONNECTs rejected by authentication or the connection limit, by listener.",
-    );
-    for (name, value) in &counters.rejections {
-        let _ = writeln!(
-            out,
-            "tollway_broker_rejections_total{{listener=\"{name}\"}} {}",
-            value.load(Ordering::Relaxed)
-        );
+    let by_listener = [
+        (
+            "tollway_broker_connects_total",
+            "Accepted CONNECTs, by listener.",
+            &counters.connects,
+        ),
+        (
+            "tollway_broker_rejections_total",
+            "CONNECTs rejected by authentication or the connection limit, by listener.",
+            &counters.rejections,
+        ),
+        (
+            "tollway_broker_paced_connects_total",
+            "CONNECTs that waited for the listener's connection pacing.",
+            &counters.paced,
+        ),
+        (
+            "tollway_broker_pacing_wait_milliseconds_total",
+            "Milliseconds CONNECTs waited for pacing, summed.",
+            &counters.pacing_wait_ms,
+        ),
+        (
+            "tollway_broker_pacing_refusals_total",
+            "CONNECTs whose pacing wait reached the handshake timeout; refused with server unavailable.",
+            &counters.pacing_refusals,
+        ),
+    ];
+    for (name, help, values) in by_listener {
+        header(&mut out, name, "counter", help);
+        for (listener, value) in values {
+            let _ = writeln!(
+                out,
+                "{name}{{listener=\"{listener}\"}} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
     }
 
     let totals = [
+        (
+            "tollway_broker_takeover_waits_total",
+            "CONNECTs that waited for the ending session of the same client id.",
+            &counters.takeover_waits,
+        ),
+        (
+            "tollway_broker_takeover_timeouts_total",
+            "Takeover waits that gave up; rmqtt may refuse those CONNECTs.",
+            &counters.takeover_timeouts,
+        ),
         (
             "tollway_broker_messages_in_total",
             "PUBLISH packets received, including ones the ACL drops.",

@@ -6,16 +6,18 @@
 //! after that one every `1 / rate` seconds. A connection over the rate
 //! waits in the CONNECT hook, which runs inside rmqtt's handshake executor,
 //! so waiting connections hold handshake slots (`max_handshaking_limit`)
-//! and the rest queue behind them. A client that waits longer than the
-//! listener's `handshake_timeout_s` is refused with "server unavailable"
-//! by rmqtt and retries with its own back-off.
+//! and the rest queue behind them. A client whose slot lies beyond the
+//! listener's `handshake_timeout_s` waits until that timeout, is refused
+//! with "server unavailable" by rmqtt and retries with its own back-off.
+//! Waits and such refusals are counted for the metrics endpoint.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType};
 
+use crate::events::Counters;
 use crate::listeners::ListenerTable;
 
 /// Admits connections at a fixed rate after an initial burst.
@@ -57,43 +59,65 @@ impl Pacer {
         let allowed_at = arrival.checked_sub(self.tolerance).unwrap_or(now);
         allowed_at.saturating_duration_since(now)
     }
-
-    /// Waits for this connection's slot.
-    pub async fn wait(&self) -> Duration {
-        let delay = self.reserve_at(Instant::now());
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        delay
-    }
 }
 
-/// Hook for `ClientConnect` that waits for the listener's [`Pacer`].
+/// Hook for `ClientConnect` that waits for the listener's [`Pacer`] and
+/// counts each wait.
 pub struct PacingHook {
     listeners: ListenerTable,
+    counters: Arc<Counters>,
 }
 
 impl PacingHook {
-    pub fn new(listeners: ListenerTable) -> Self {
-        PacingHook { listeners }
+    pub fn new(listeners: ListenerTable, counters: Arc<Counters>) -> Self {
+        PacingHook {
+            listeners,
+            counters,
+        }
     }
 }
 
 #[async_trait]
 impl Handler for PacingHook {
     async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
-        if let Parameter::ClientConnect(connect) = param {
-            let id = connect.id();
-            let pacer = self
-                .listeners
-                .get(&id.lid)
-                .and_then(|info| info.pacer.as_ref());
-            if let Some(pacer) = pacer {
-                let waited = pacer.wait().await;
-                if !waited.is_zero() {
-                    tracing::debug!(client_id = %id.client_id, waited_ms = waited.as_millis() as u64, "connection paced");
-                }
-            }
+        let Parameter::ClientConnect(connect) = param else {
+            return (true, acc);
+        };
+        let id = connect.id();
+        let Some(info) = self.listeners.get(&id.lid) else {
+            return (true, acc);
+        };
+        let Some(pacer) = info.pacer.as_ref() else {
+            return (true, acc);
+        };
+
+        let delay = pacer.reserve_at(Instant::now());
+        if delay.is_zero() {
+            return (true, acc);
+        }
+
+        // rmqtt refuses a connection whose handshake, this wait included,
+        // took longer than the handshake timeout. Such a connection waits
+        // only until the timeout: waiting longer would hold a handshake
+        // slot for a client that is refused anyway. Its slot in the
+        // schedule goes unused.
+        let refused = delay >= info.handshake_timeout;
+        let wait = if refused {
+            info.handshake_timeout
+        } else {
+            delay
+        };
+        self.counters.count_paced(info.name, wait, refused);
+        tokio::time::sleep(wait).await;
+        if refused {
+            tracing::info!(
+                listener = info.name,
+                client_id = %id.client_id,
+                waited_ms = wait.as_millis() as u64,
+                "connection waited past the handshake timeout for pacing; refused"
+            );
+        } else {
+            tracing::debug!(client_id = %id.client_id, waited_ms = delay.as_millis() as u64, "connection paced");
         }
         (true, acc)
     }

@@ -18,11 +18,15 @@ use crate::listeners::{ListenerError, ListenerTable, bind_all};
 use crate::pacing::PacingHook;
 use crate::plugins::{self, PluginError};
 use crate::sharing::TopicHashSharing;
+use crate::takeover::TakeoverHook;
 
 /// Hook priorities: higher runs first.
 const AUTH_PRIORITY: u32 = 100;
 const ACL_PRIORITY: u32 = 100;
 const PACING_PRIORITY: u32 = 100;
+/// After pacing, so that the wait for an ending session starts when the
+/// connection has its slot.
+const TAKEOVER_PRIORITY: u32 = 50;
 const EVENTS_PRIORITY: u32 = 0;
 
 /// A broker that could not start.
@@ -165,11 +169,16 @@ async fn register_hooks(
     }
 
     if table.values().any(|info| info.pacer.is_some()) {
-        let pacing = Box::new(PacingHook::new(table.clone()));
+        let pacing = Box::new(PacingHook::new(table.clone(), counters.clone()));
         register
             .add_priority(Type::ClientConnect, PACING_PRIORITY, pacing)
             .await;
     }
+
+    let takeover = Box::new(TakeoverHook::new(scx.clone(), counters.clone()));
+    register
+        .add_priority(Type::ClientConnect, TAKEOVER_PRIORITY, takeover)
+        .await;
 
     let events = || Box::new(EventRecorder::new(table.clone(), counters.clone()));
     for typ in [

@@ -1,6 +1,7 @@
 //! A provincial broker against real MQTT clients on loopback: node
 //! confinement by certificate CN, certificate checks, service passwords,
-//! retained messages across a restart and immediate rebinding.
+//! retained messages across a restart, immediate rebinding, connection
+//! pacing and metrics.
 
 use std::time::Duration;
 
@@ -412,4 +413,58 @@ async fn metrics_count_connections() {
         response.contains("tollway_broker_rejections_total{listener=\"service_listener\"} 1\n"),
         "{response}"
     );
+}
+
+/// Pacing at one new connection per second: node A uses the burst, B and
+/// C, arriving half a second later, wait about 0.5 s and 1.5 s and are
+/// accepted, and D, whose slot is 2.5 s away, passes the 2 s handshake
+/// timeout and is refused with "server unavailable". The metrics count
+/// three paced connections and one pacing refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pacing_delays_then_refuses_past_handshake_timeout() {
+    let files = BrokerFiles::province();
+    let mut config = std::fs::read_to_string(&files.config).unwrap();
+    config.push_str(
+        "\n[node_listener.limits]\nnew_connections_per_second = 1\nnew_connections_burst = 1\nhandshake_timeout_s = 2\n",
+    );
+    std::fs::write(&files.config, config).unwrap();
+    let _broker = files.start();
+    let node = |name: &str| {
+        let pem = files.ca.node_cert(name);
+        node_options(&files, name, Some(&pem), &files.ca.cert_pem)
+    };
+
+    let (_a, _a_loop, ack) = connect(node("A")).await;
+    ack.expect("node A, within the burst, was refused");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Staggered by 50 ms, so that B, C and D reserve their slots in order.
+    let (b, c, d) = tokio::join!(
+        connect(node("B")),
+        async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            connect(node("C")).await
+        },
+        async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            connect(node("D")).await
+        },
+    );
+    b.2.expect("node B, paced about 0.5 s, was refused");
+    c.2.expect("node C, paced about 1.5 s, was refused");
+    match d.2 {
+        Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
+            assert_eq!(code, ConnectReturnCode::ServiceUnavailable)
+        }
+        other => panic!("node D, paced past the handshake timeout, got {other:?}"),
+    }
+
+    let metrics = scrape_metrics(files.ports.metrics);
+    for expected in [
+        "tollway_broker_paced_connects_total{listener=\"node_listener\"} 3\n",
+        "tollway_broker_pacing_refusals_total{listener=\"node_listener\"} 1\n",
+        "tollway_broker_connects_total{listener=\"node_listener\"} 3\n",
+    ] {
+        assert!(metrics.contains(expected), "no {expected:?} in {metrics}");
+    }
 }
