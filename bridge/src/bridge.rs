@@ -128,6 +128,9 @@ pub async fn start(config: &Config, shutdown: &mut Shutdown) -> Result<(), Bridg
                 metrics: |metrics| &metrics.local,
                 endpoint: local.clone(),
                 subscriptions: subscriptions(&rules, Direction::Up, Some(Lane::Control)),
+                // Not on the provincial side: every node's retained presence
+                // would cross the capped link again.
+                resubscribe_on_connect: false,
                 reads: Direction::Up,
                 writes: Direction::Down,
                 state_topic: None,
@@ -144,6 +147,7 @@ pub async fn start(config: &Config, shutdown: &mut Shutdown) -> Result<(), Bridg
                         ..local.clone()
                     },
                     subscriptions: bulk_up,
+                    resubscribe_on_connect: false,
                     reads: Direction::Up,
                     writes: Direction::Down,
                     state_topic: None,
@@ -157,6 +161,9 @@ pub async fn start(config: &Config, shutdown: &mut Shutdown) -> Result<(), Bridg
                 metrics: |metrics| &metrics.remote,
                 endpoint: remote,
                 subscriptions: subscriptions(&rules, Direction::Down, None),
+                // Ops objects are retained nationally; a fresh SUBSCRIBE
+                // brings back any the broker dropped while the link was down.
+                resubscribe_on_connect: true,
                 reads: Direction::Down,
                 writes: Direction::Up,
                 state_topic: Some(state_topic),

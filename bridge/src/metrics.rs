@@ -1,5 +1,5 @@
-//! The bridge's counters and their Prometheus text, served by the shared
-//! scrape endpoint in `tollway_runtime::metrics_http`.
+//! The bridge's counters and their Prometheus text, served by the scrape
+//! endpoint in `metrics_http.rs`.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -48,6 +48,12 @@ pub struct SessionPlan {
     pub endpoint: Endpoint,
     /// Filters subscribed on this broker, with the QoS of their rules.
     pub subscriptions: Vec<(String, QoS)>,
+    /// Whether to subscribe again after every connect, even when the
+    /// broker resumed the session. A new SUBSCRIBE makes the broker send
+    /// every retained message under the filters again. So a retained
+    /// object that the broker dropped from this session's queue while the
+    /// bridge was away (queue full, or expired) still arrives.
+    pub resubscribe_on_connect: bool,
     /// The direction of messages read from this broker.
     pub reads: Direction,
     /// The direction of messages published to this broker.
@@ -274,8 +280,9 @@ impl Session {
             "connected"
         );
 
-        if (!connack.session_present || self.needs_subscribe) && !self.plan.subscriptions.is_empty()
-        {
+        let subscribe =
+            !connack.session_present || self.needs_subscribe || self.plan.resubscribe_on_connect;
+        if subscribe && !self.plan.subscriptions.is_empty() {
             let filters = self
                 .plan
                 .subscriptions

@@ -640,3 +640,63 @@ async fn national_killed_mid_stream() {
         "{metrics}"
     );
 }
+
+/// Ops objects published while the national link is cut wait in the
+/// bridge's session on the national broker, whose queue here holds two:
+/// the oldest are pushed out. The bridge's fresh SUBSCRIBE after the
+/// reconnect brings every retained object down all the same.
+#[tokio::test]
+async fn retained_ops_arrive_after_queue_overflowed() {
+    let province = BrokerFiles::province();
+    let _province_broker = province.start();
+    let national = BrokerFiles::national();
+    let mut config = std::fs::read_to_string(&national.config).unwrap();
+    config.push_str("\n[bridge_listener.limits]\nmax_mqueue_len = 2\n");
+    std::fs::write(&national.config, config).unwrap();
+    let _national_broker = national.start();
+    let gate = TcpGate::start(national.ports.node);
+
+    let settings = BridgeSettings::new(
+        province.ports.service,
+        vec![format!("127.0.0.1:{}", gate.port)],
+        &national.ca.cert_pem,
+    );
+    let bridge_files = BridgeFiles::write(&settings);
+    let up = Collector::start(
+        service_options(&national, "national-ops", Some(SERVICE_PASSWORD)),
+        &["tollway/v1/44/#"],
+    )
+    .await;
+    let down = Collector::start(
+        service_options(&province, "province-controller", Some(SERVICE_PASSWORD)),
+        &["tollway/v1/ops/#"],
+    )
+    .await;
+    let _bridge = bridge_files.start();
+    wait_until_bridged(&down, &up).await;
+
+    gate.close();
+    // Let the national broker see the connection end, so that the objects
+    // queue in the bridge's offline session.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let topics: Vec<String> = (0..5)
+        .map(|n| format!("tollway/v1/ops/deployments/while-cut-{n}"))
+        .collect();
+    for topic in &topics {
+        up.publish(topic, true, "deployment").await;
+    }
+    gate.open();
+
+    let all_arrived = down
+        .wait_until(ARRIVAL, |r| {
+            topics
+                .iter()
+                .all(|topic| r.iter().any(|m| &m.topic == topic))
+        })
+        .await;
+    let arrived: BTreeSet<String> = down.received().into_iter().map(|m| m.topic).collect();
+    assert!(
+        all_arrived,
+        "not every retained ops object reached the province: {arrived:?}"
+    );
+}
