@@ -151,13 +151,29 @@ pub struct ListenerLimits {
     /// Default: 16.
     pub max_inflight: u16,
     /// Maximum messages queued for one client behind its in-flight window.
-    /// QoS 1 messages beyond it are dropped (and counted as dropped), so a
-    /// broker's PUBACK is never custody. Default: 1000 on the node and
+    /// When it is full, a new message pushes out the oldest, which is
+    /// dropped and counted, so a broker's PUBACK is never custody. Default: 1000 on the node and
     /// bridge listeners, [`SERVICE_MQUEUE_LEN`] on the service listener.
     pub max_mqueue_len: Option<usize>,
     /// Whether keep-alive 0 (no keep-alive) is accepted, as MQTT 3.1.1
     /// allows. Default: true.
     pub allow_zero_keepalive: bool,
+    /// Smallest keep-alive accepted, in seconds, apart from 0. A CONNECT
+    /// below it is refused with "server unavailable". Default: 0.
+    pub min_keep_alive_s: u16,
+    /// Largest keep-alive accepted, in seconds. A CONNECT above it is
+    /// refused with "server unavailable". Default: 3600.
+    pub max_keep_alive_s: u16,
+    /// Seconds a persistent session (clean session off) is kept after its
+    /// client disconnected. After that its subscriptions and queued
+    /// messages are discarded, and the client's next CONNACK reports no
+    /// session. Default: 86400 (one day).
+    pub session_expiry_s: u64,
+    /// Seconds a message may wait in a client's queue. An older message is
+    /// dropped when its turn comes and counted as dropped. Default: 86400,
+    /// the same as `session_expiry_s`, so that a resumed session never
+    /// finds its queue expired.
+    pub message_expiry_s: u64,
     /// Maximum TLS and MQTT handshakes processed at once; the rest wait in
     /// a queue of at most `max_connections`. Default: 200.
     pub max_handshaking_limit: usize,
@@ -181,6 +197,10 @@ impl Default for ListenerLimits {
             max_inflight: 16,
             max_mqueue_len: None,
             allow_zero_keepalive: true,
+            min_keep_alive_s: 0,
+            max_keep_alive_s: 3600,
+            session_expiry_s: 86_400,
+            message_expiry_s: 86_400,
             max_handshaking_limit: 200,
             new_connections_per_second: 500,
             new_connections_burst: 200,
@@ -386,6 +406,22 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Returns the sum of every listener's `max_connections`.
+    pub fn max_connections(&self) -> usize {
+        let node = self
+            .node_listener
+            .as_ref()
+            .map(|l| l.limits.max_connections);
+        let bridge = self
+            .bridge_listener
+            .as_ref()
+            .map(|l| l.limits.max_connections);
+        let service = Some(self.service_listener.limits.max_connections);
+        [node, bridge, service].into_iter().flatten().sum()
+    }
+}
+
 impl ListenerLimits {
     /// Returns the queue length per client: the configured one, or `default`.
     pub fn mqueue_len(&self, default: usize) -> usize {
@@ -429,6 +465,30 @@ impl ListenerLimits {
                 &format!("{section}.new_connections_burst"),
                 0,
                 "must be at least 1 while new_connections_per_second is above 0",
+            );
+        }
+        if self.min_keep_alive_s > self.max_keep_alive_s {
+            problems.push(
+                &format!("{section}.min_keep_alive_s"),
+                self.min_keep_alive_s,
+                &format!(
+                    "must not be above max_keep_alive_s ({})",
+                    self.max_keep_alive_s
+                ),
+            );
+        }
+        if self.session_expiry_s == 0 {
+            problems.push(
+                &format!("{section}.session_expiry_s"),
+                0,
+                "must be at least 1",
+            );
+        }
+        if self.message_expiry_s == 0 {
+            problems.push(
+                &format!("{section}.message_expiry_s"),
+                0,
+                "must be at least 1",
             );
         }
         if self.handshake_timeout_s == 0 {
@@ -533,6 +593,29 @@ mod tests {
         let text = config.validate(None).unwrap_err().to_string();
         assert!(
             text.contains("service_listener.limits.max_packet_bytes"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn keep_alive_and_expiry_bounds_are_checked() {
+        let config = parse(
+            "profile = \"national\"\n\
+             [service_listener]\npassword_file = \"p\"\n\
+             [service_listener.limits]\nmin_keep_alive_s = 600\nmax_keep_alive_s = 60\n\
+             session_expiry_s = 0\nmessage_expiry_s = 0\n",
+        )
+        .unwrap();
+        let text = config.validate(None).unwrap_err().to_string();
+        for key in [
+            "service_listener.limits.min_keep_alive_s",
+            "service_listener.limits.session_expiry_s",
+            "service_listener.limits.message_expiry_s",
+        ] {
+            assert!(text.contains(key), "{key} not named in: {text}");
+        }
+        assert!(
+            text.contains("must not be above max_keep_alive_s (60)"),
             "{text}"
         );
     }

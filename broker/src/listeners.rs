@@ -196,6 +196,10 @@ fn bind_one(spec: &ListenerSpec<'_>) -> Result<Listener, ListenerError> {
         .max_inflight(max_inflight)
         .max_mqueue_len(limits.mqueue_len(spec.default_mqueue_len))
         .allow_zero_keepalive(limits.allow_zero_keepalive)
+        .min_keepalive(limits.min_keep_alive_s)
+        .max_keepalive(limits.max_keep_alive_s)
+        .session_expiry_interval(Duration::from_secs(limits.session_expiry_s))
+        .message_expiry_interval(Duration::from_secs(limits.message_expiry_s))
         // Every client must authenticate: a certificate CN or a password.
         .allow_anonymous(false);
 

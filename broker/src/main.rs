@@ -63,6 +63,8 @@ fn main() -> ExitCode {
             }
         };
 
+    check_open_file_limit(&config);
+
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -77,6 +79,40 @@ fn main() -> ExitCode {
     // rmqtt leaves per-connection tasks running; do not wait for them.
     runtime.shutdown_timeout(Duration::from_secs(1));
     code
+}
+
+/// Time given to the retainer at shutdown. It stores retained messages
+/// from a queue after routing them, and sled writes to disk about every
+/// 500 ms. The runtime's own shutdown (up to 1 s, below) used to give it
+/// that time by accident.
+const RETAINER_DRAIN: Duration = Duration::from_secs(1);
+
+/// File descriptors kept free for the broker's own files: listening
+/// sockets, the retained store, the metrics endpoint, logs.
+const RESERVED_FILES: u64 = 256;
+
+/// Raises the soft open-file limit to the hard one and warns when it is
+/// still below what the listeners' `max_connections` allow. Beyond the
+/// limit, accepting a connection fails and the client's TCP connect times
+/// out.
+fn check_open_file_limit(config: &Config) {
+    let connections = config.max_connections() as u64;
+    match tollway_runtime::raise_open_file_limit() {
+        Ok(limit) if limit < connections + RESERVED_FILES => tracing::warn!(
+            open_file_limit = limit,
+            max_connections = connections,
+            "the open-file limit is below the listeners' max_connections plus {RESERVED_FILES}; \
+             about {} connections fit. Raise LimitNOFILE in the service unit (or `ulimit -n`) \
+             or lower max_connections",
+            limit.saturating_sub(RESERVED_FILES)
+        ),
+        Ok(limit) => tracing::info!(
+            open_file_limit = limit,
+            max_connections = connections,
+            "open-file limit"
+        ),
+        Err(err) => tracing::warn!(error = %err, "cannot read or raise the open-file limit"),
+    }
 }
 
 fn print_password_hash() -> ExitCode {
@@ -126,6 +162,16 @@ async fn run(config: Config) -> ExitCode {
     shutdown
         .wait_for_tasks(Duration::from_secs(config.shutdown_deadline_s))
         .await;
+
+    // The retainer cannot be stopped or flushed through rmqtt's API, so
+    // the broker waits for it: a retained message acknowledged just
+    // before SIGTERM must survive the restart.
+    tracing::info!(
+        wait_ms = RETAINER_DRAIN.as_millis() as u64,
+        "waiting for retained messages to reach disk"
+    );
+    tokio::time::sleep(RETAINER_DRAIN).await;
+
     if failed.load(std::sync::atomic::Ordering::Relaxed) {
         tracing::error!("broker stopped because a task ended");
         ExitCode::FAILURE

@@ -13,10 +13,9 @@ use clap::{Parser, Subcommand};
 use tollway_loadtest::fanout::{self, FanoutOptions};
 use tollway_loadtest::idle::{self, IdleOptions};
 use tollway_loadtest::outage::{self, OutageOptions};
-use tollway_loadtest::process::raise_open_file_limit;
 use tollway_loadtest::records::{self, RecordsOptions};
 use tollway_loadtest::storm::{self, StormOptions};
-use tollway_runtime::{LogFormat, init_logging};
+use tollway_runtime::{LogFormat, init_logging, raise_open_file_limit};
 
 /// Load tests on loopback: simulated edge-node fleets against Tollway's
 /// broker and Mosquitto (reconnect storms, idle traffic, toll records,

@@ -1,33 +1,12 @@
-//! Facts about processes read from the operating system: the open-file
-//! limit of this process, and the resident memory and CPU time of a broker
-//! process from `/proc/PID/status` and `/proc/PID/stat` (Linux only).
+//! Facts about processes read from the operating system: the resident
+//! memory and CPU time of a broker process from `/proc/PID/status` and
+//! `/proc/PID/stat` (Linux only).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-
-/// Raises this process's soft open-file limit to its hard limit and
-/// returns the new soft limit. Child processes (the brokers) inherit it.
-pub fn raise_open_file_limit() -> std::io::Result<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is a valid, writable rlimit for the duration of the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if limit.rlim_cur < limit.rlim_max {
-        limit.rlim_cur = limit.rlim_max;
-        // SAFETY: `limit` is a valid rlimit; the kernel only reads it.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(limit.rlim_cur)
-}
 
 /// Resident set size of process `pid` in bytes (`VmRSS`), or `None` when
 /// the process is gone or the file cannot be parsed.
