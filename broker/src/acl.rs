@@ -1,7 +1,12 @@
-//! Topic access for nodes on a provincial broker: a node may publish and
-//! subscribe only under `tollway/v1/{province}/node/{node}/`, where
-//! `{node}` is its client id, which the authenticator has already tied to
-//! the certificate's CN.
+//! Topic access for nodes on a provincial broker. A node may use only the
+//! topics of the wire contract under `tollway/v1/{province}/node/{node}/`,
+//! where `{node}` is its client id, which the authenticator has already
+//! tied to the certificate's CN. It publishes the kinds a node sends
+//! (status, presence, records, summary, cmd/result) and subscribes to the
+//! kinds it receives (desired, cmd, records/ack), each by its exact topic.
+//! Only its presence may be retained. So a node cannot fill the broker's
+//! retained store, which every node's desired state depends on, nor pose
+//! as the centre on its own desired state.
 //!
 //! This replaces the `rmqtt-acl` plugin. That plugin expands its `%u`
 //! placeholder rules in a task spawned on `ClientConnected`, which races
@@ -18,7 +23,7 @@ use rmqtt::codec::v5::SubscribeAckReason;
 use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType};
 use rmqtt::types::{PublishAclResult, SubscribeAclResult};
 use tollway_topics::Province;
-use tollway_topics::topic::PREFIX;
+use tollway_topics::topic::{NodeKind, PREFIX};
 
 /// Hook for `ClientSubscribeCheckAcl` and `MessagePublishCheckAcl`.
 pub struct NodeAcl {
@@ -30,15 +35,25 @@ impl NodeAcl {
         NodeAcl { province }
     }
 
-    /// Reports whether node `client_id` may use `topic`, a topic name or filter.
-    /// The node's own topic and everything below it are allowed; wildcards
-    /// are allowed only below it, so `+` cannot stand for the node id.
-    fn allows(&self, client_id: &str, topic: &str) -> bool {
-        let own = format!("{PREFIX}/{}/node/{client_id}", self.province);
-        match topic.strip_prefix(own.as_str()) {
-            Some(rest) => rest.is_empty() || rest.starts_with('/'),
-            None => false,
-        }
+    /// Returns the kind of node `client_id`'s own topic `topic`, or `None`
+    /// for any other topic or filter. Wildcards never match a kind.
+    fn own_kind(&self, client_id: &str, topic: &str) -> Option<NodeKind> {
+        let own = format!("{PREFIX}/{}/node/{client_id}/", self.province);
+        NodeKind::from_suffix(topic.strip_prefix(own.as_str())?)
+    }
+
+    /// Reports whether node `client_id` may subscribe to `filter`: the exact
+    /// topic of a kind the node receives.
+    fn allows_subscribe(&self, client_id: &str, filter: &str) -> bool {
+        self.own_kind(client_id, filter)
+            .is_some_and(|kind| !kind.sent_by_node())
+    }
+
+    /// Reports whether node `client_id` may publish to `topic`: a kind the
+    /// node sends, retained only where the contract retains it.
+    fn allows_publish(&self, client_id: &str, topic: &str, retain: bool) -> bool {
+        self.own_kind(client_id, topic)
+            .is_some_and(|kind| kind.sent_by_node() && (!retain || kind.retained()))
     }
 }
 
@@ -49,7 +64,7 @@ impl Handler for NodeAcl {
             Parameter::ClientSubscribeCheckAcl(session, subscribe) => {
                 let client_id = &session.id.client_id;
                 let filter = &subscribe.topic_filter;
-                let result = if self.allows(client_id, filter) {
+                let result = if self.allows_subscribe(client_id, filter) {
                     SubscribeAclResult::new_success(subscribe.opts.qos(), None)
                 } else {
                     tracing::warn!(%client_id, filter = %filter, "subscription outside the node's topics rejected");
@@ -60,12 +75,12 @@ impl Handler for NodeAcl {
 
             Parameter::MessagePublishCheckAcl(session, publish) => {
                 let client_id = &session.id.client_id;
-                let result = if self.allows(client_id, &publish.topic) {
+                let result = if self.allows_publish(client_id, &publish.topic, publish.retain) {
                     PublishAclResult::allow()
                 } else {
-                    // A node publishing outside its subtree is broken or
+                    // A node publishing outside its topics is broken or
                     // compromised; the broker disconnects it.
-                    tracing::warn!(%client_id, topic = %publish.topic, "publish outside the node's topics rejected; disconnecting the node");
+                    tracing::warn!(%client_id, topic = %publish.topic, retain = publish.retain, "publish outside the node's topics rejected; disconnecting the node");
                     PublishAclResult::rejected(true, None)
                 };
                 (false, Some(HookResult::PublishAclResult(result)))
@@ -85,36 +100,81 @@ mod tests {
     }
 
     #[test]
-    fn own_subtree_is_allowed() {
+    fn node_subscribes_to_what_it_receives() {
         let acl = acl();
         for topic in [
-            "tollway/v1/44/node/n1",
-            "tollway/v1/44/node/n1/records",
+            "tollway/v1/44/node/n1/desired",
+            "tollway/v1/44/node/n1/cmd",
             "tollway/v1/44/node/n1/records/ack",
-            "tollway/v1/44/node/n1/#",
-            "tollway/v1/44/node/n1/+/ack",
         ] {
-            assert!(acl.allows("n1", topic), "{topic}");
+            assert!(acl.allows_subscribe("n1", topic), "{topic}");
         }
     }
 
     #[test]
-    fn everything_else_is_refused() {
+    fn node_publishes_what_it_sends() {
         let acl = acl();
         for topic in [
-            "tollway/v1/44/node/n2/records",
-            "tollway/v1/44/node/n10/records",
-            "tollway/v1/44/node/n1x/records",
+            "tollway/v1/44/node/n1/status",
+            "tollway/v1/44/node/n1/presence",
+            "tollway/v1/44/node/n1/records",
+            "tollway/v1/44/node/n1/summary",
+            "tollway/v1/44/node/n1/cmd/result",
+        ] {
+            assert!(acl.allows_publish("n1", topic, false), "{topic}");
+        }
+        assert!(acl.allows_publish("n1", "tollway/v1/44/node/n1/presence", true));
+    }
+
+    #[test]
+    fn subscriptions_elsewhere_are_refused() {
+        let acl = acl();
+        for filter in [
+            "tollway/v1/44/node/n1/status",
+            "tollway/v1/44/node/n1/#",
+            "tollway/v1/44/node/n1/+/ack",
+            "tollway/v1/44/node/n1",
+            "tollway/v1/44/node/n1/junk",
+            "tollway/v1/44/node/n2/desired",
             "tollway/v1/44/node/+/desired",
             "tollway/v1/44/node/#",
-            "tollway/v1/45/node/n1/records",
+            "tollway/v1/45/node/n1/desired",
             "tollway/v1/44/center/records",
             "tollway/v1/ops/deployments/a",
-            "$share/g/tollway/v1/44/node/n1/records",
+            "$share/g/tollway/v1/44/node/n1/desired",
             "#",
             "",
         ] {
-            assert!(!acl.allows("n1", topic), "{topic}");
+            assert!(!acl.allows_subscribe("n1", filter), "{filter}");
+        }
+    }
+
+    #[test]
+    fn publishes_elsewhere_are_refused() {
+        let acl = acl();
+        for topic in [
+            "tollway/v1/44/node/n1/desired",
+            "tollway/v1/44/node/n1/cmd",
+            "tollway/v1/44/node/n1/records/ack",
+            "tollway/v1/44/node/n1/junk/1",
+            "tollway/v1/44/node/n1",
+            "tollway/v1/44/node/n10/status",
+            "tollway/v1/44/node/n2/status",
+            "tollway/v1/45/node/n1/status",
+            "tollway/v1/44/center/status",
+            "tollway/v1/ops/deployments/a",
+            "",
+        ] {
+            assert!(!acl.allows_publish("n1", topic, false), "{topic}");
+        }
+    }
+
+    #[test]
+    fn only_presence_may_be_retained() {
+        let acl = acl();
+        for kind in ["status", "records", "summary", "cmd/result"] {
+            let topic = format!("tollway/v1/44/node/n1/{kind}");
+            assert!(!acl.allows_publish("n1", &topic, true), "{topic}");
         }
     }
 }

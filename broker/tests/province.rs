@@ -1,7 +1,7 @@
 //! A provincial broker against real MQTT clients on loopback: node
-//! confinement by certificate CN, certificate checks, service passwords,
-//! retained messages across a restart, immediate rebinding, connection
-//! pacing and metrics.
+//! confinement by certificate CN and to the contract's topics,
+//! certificate checks, service passwords, retained messages across a
+//! restart, immediate rebinding, connection pacing and metrics.
 
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ async fn suback(eventloop: &mut rumqttc::EventLoop) -> Vec<SubscribeReasonCode> 
 }
 
 #[tokio::test]
-async fn node_uses_own_prefix() {
+async fn node_uses_own_topics() {
     let files = BrokerFiles::province();
     let _broker = files.start();
     let pem = files.ca.node_cert("A");
@@ -34,7 +34,7 @@ async fn node_uses_own_prefix() {
     );
 
     client
-        .subscribe(node_topic("A", "#"), QoS::AtLeastOnce)
+        .subscribe(node_topic("A", "cmd"), QoS::AtLeastOnce)
         .await
         .unwrap();
     assert_eq!(
@@ -42,6 +42,30 @@ async fn node_uses_own_prefix() {
         vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]
     );
 
+    // A command from the centre reaches the node.
+    let (centre, mut centre_loop, ack) =
+        connect(service_options(&files, "ctl", Some(SERVICE_PASSWORD))).await;
+    ack.expect("service login failed");
+    let centre_poll = tokio::spawn(async move { while centre_loop.poll().await.is_ok() {} });
+    centre
+        .publish(
+            node_topic("A", "cmd"),
+            QoS::AtLeastOnce,
+            false,
+            b"replay".to_vec(),
+        )
+        .await
+        .unwrap();
+    let received = next_packet(&mut eventloop, SHORT, |p| match p {
+        Packet::Publish(publish) => Some((publish.topic.clone(), publish.payload.to_vec())),
+        _ => None,
+    })
+    .await
+    .expect("node A did not receive its command");
+    assert_eq!(received, (node_topic("A", "cmd"), b"replay".to_vec()));
+    centre_poll.abort();
+
+    // The node's status is acknowledged.
     client
         .publish(
             node_topic("A", "status"),
@@ -51,13 +75,62 @@ async fn node_uses_own_prefix() {
         )
         .await
         .unwrap();
-    let received = next_packet(&mut eventloop, SHORT, |p| match p {
-        Packet::Publish(publish) => Some((publish.topic.clone(), publish.payload.to_vec())),
-        _ => None,
+    next_packet(&mut eventloop, SHORT, |p| {
+        matches!(p, Packet::PubAck(_)).then_some(())
     })
     .await
-    .expect("node A did not receive its own status");
-    assert_eq!(received, (node_topic("A", "status"), b"up".to_vec()));
+    .expect("node A's status was not acknowledged");
+}
+
+/// A node publishes only what the contract has it send, and retains only
+/// its presence: a retained message on another of its topics disconnects
+/// it, so one node cannot fill the broker's retained store.
+#[tokio::test]
+async fn node_cannot_retain_outside_presence() {
+    let files = BrokerFiles::province();
+    let _broker = files.start();
+    let pem = files.ca.node_cert("A");
+
+    let (client, mut eventloop, ack) =
+        connect(node_options(&files, "A", Some(&pem), &files.ca.cert_pem)).await;
+    ack.expect("node A was not accepted");
+    client
+        .publish(
+            node_topic("A", "presence"),
+            QoS::AtLeastOnce,
+            true,
+            b"online".to_vec(),
+        )
+        .await
+        .unwrap();
+    next_packet(&mut eventloop, SHORT, |p| {
+        matches!(p, Packet::PubAck(_)).then_some(())
+    })
+    .await
+    .expect("the retained presence was not acknowledged");
+
+    for (kind, retain) in [("status", true), ("junk/1", false), ("desired", false)] {
+        let (client, mut eventloop, ack) =
+            connect(node_options(&files, "A", Some(&pem), &files.ca.cert_pem)).await;
+        ack.expect("node A was not accepted");
+        client
+            .publish(
+                node_topic("A", kind),
+                QoS::AtLeastOnce,
+                retain,
+                b"x".to_vec(),
+            )
+            .await
+            .unwrap();
+        let outcome = next_packet(&mut eventloop, SHORT, |p| {
+            matches!(p, Packet::PubAck(_)).then_some(())
+        })
+        .await;
+        assert!(
+            outcome.is_err(),
+            "node A's publish to {kind} (retain {retain}) was acknowledged"
+        );
+    }
 }
 
 /// A node's first SUBSCRIBE and PUBLISH, sent in the same flight as its
@@ -229,7 +302,7 @@ async fn username_of_other_node_ignored() {
     ack.expect("node A with username B was not accepted");
 
     client
-        .subscribe(node_topic("B", "#"), QoS::AtLeastOnce)
+        .subscribe(node_topic("B", "desired"), QoS::AtLeastOnce)
         .await
         .unwrap();
     assert_eq!(
@@ -238,7 +311,7 @@ async fn username_of_other_node_ignored() {
         "B's topics"
     );
     client
-        .subscribe(node_topic("A", "#"), QoS::AtLeastOnce)
+        .subscribe(node_topic("A", "desired"), QoS::AtLeastOnce)
         .await
         .unwrap();
     assert_eq!(

@@ -70,10 +70,30 @@ impl NodeKind {
         }
     }
 
-    fn from_suffix(suffix: &str) -> Option<Self> {
+    /// Returns the kind whose suffix is `suffix` (e.g. `cmd/result`).
+    pub fn from_suffix(suffix: &str) -> Option<Self> {
         NodeKind::ALL
             .into_iter()
             .find(|kind| kind.suffix() == suffix)
+    }
+
+    /// Returns true for the kinds a node publishes (node to centre), false
+    /// for the kinds it receives.
+    pub fn sent_by_node(self) -> bool {
+        match self {
+            NodeKind::CommandResult
+            | NodeKind::Status
+            | NodeKind::Presence
+            | NodeKind::Records
+            | NodeKind::Summary => true,
+            NodeKind::Desired | NodeKind::Command | NodeKind::RecordsAck => false,
+        }
+    }
+
+    /// Returns true for the kinds published retained: the desired state and
+    /// the presence.
+    pub fn retained(self) -> bool {
+        matches!(self, NodeKind::Desired | NodeKind::Presence)
     }
 }
 
