@@ -54,6 +54,24 @@ pub enum BridgeError {
     },
 }
 
+/// Warns when a password file can be read by its group or by others; the
+/// docs ask for mode 0600.
+fn warn_if_readable_by_others(province: u8, path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+
+    if let Ok(metadata) = std::fs::metadata(path) {
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                province,
+                path = %path.display(),
+                mode = format!("{mode:04o}"),
+                "password file is readable by other users; run `chmod 600` on it"
+            );
+        }
+    }
+}
+
 /// Starts every task of the bridge on `shutdown`. The tasks run until its
 /// token is cancelled.
 pub async fn start(config: &Config, shutdown: &mut Shutdown) -> Result<(), BridgeError> {
@@ -63,6 +81,7 @@ pub async fn start(config: &Config, shutdown: &mut Shutdown) -> Result<(), Bridg
 
     let province = config.province.code();
     let password = |path: &std::path::Path| {
+        warn_if_readable_by_others(province, path);
         read_password(path).map_err(|message| BridgeError::Password { province, message })
     };
     let local_password = password(&config.local.password_file)?;

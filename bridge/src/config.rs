@@ -230,7 +230,7 @@ impl Config {
         let mut problems = Problems::default();
 
         check_address(&mut problems, "local.address", &self.local.address);
-        check_file(
+        check_password_file(
             &mut problems,
             "local.password_file",
             &self.local.password_file,
@@ -250,7 +250,7 @@ impl Config {
             );
         }
         check_file(&mut problems, "remote.ca_file", &self.remote.ca_file);
-        check_file(
+        check_password_file(
             &mut problems,
             "remote.password_file",
             &self.remote.password_file,
@@ -266,9 +266,7 @@ impl Config {
             }
         }
 
-        if let Some(problem) = self.backoff.problem() {
-            problems.push("backoff", format!("{:?}", self.backoff), &problem);
-        }
+        self.backoff.check(&mut problems, "backoff");
         if self.bandwidth.up_bytes_per_second > 0 && self.bandwidth.burst_bytes == 0 {
             problems.push(
                 "bandwidth.burst_bytes",
@@ -317,6 +315,16 @@ fn check_address(problems: &mut Problems, key: &str, address: &str) {
 fn check_file(problems: &mut Problems, key: &str, path: &Path) {
     if !path.is_file() {
         problems.push(key, path.display(), "file not found or not a regular file");
+    }
+}
+
+/// Checks that `path` exists and holds a password on its first line, so
+/// that `--check` and start-up report an empty file with the rest.
+fn check_password_file(problems: &mut Problems, key: &str, path: &Path) {
+    if !path.is_file() {
+        check_file(problems, key, path);
+    } else if let Err(message) = read_password(path) {
+        problems.push(key, path.display(), &message);
     }
 }
 

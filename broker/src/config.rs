@@ -14,6 +14,8 @@ use tollway_runtime::config::{ConfigError, Problems};
 use tollway_topics::Province;
 use tollway_topics::limits::MAX_PACKET_BYTES;
 
+use crate::passwords::PasswordFile;
+
 /// The tier this broker serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -343,14 +345,14 @@ impl Config {
                 &bridge.cert_file,
             );
             check_file(&mut problems, "bridge_listener.key_file", &bridge.key_file);
-            check_file(
+            check_password_file(
                 &mut problems,
                 "bridge_listener.password_file",
                 &bridge.password_file,
             );
             bridge.limits.check(&mut problems, "bridge_listener.limits");
         }
-        check_file(
+        check_password_file(
             &mut problems,
             "service_listener.password_file",
             &self.service_listener.password_file,
@@ -504,6 +506,18 @@ impl ListenerLimits {
 fn check_file(problems: &mut Problems, key: &str, path: &Path) {
     if !path.is_file() {
         problems.push(key, path.display(), "file not found or not a regular file");
+    }
+}
+
+/// Checks that `path` exists and is a valid password file, so that a bad
+/// line is reported with the rest of the configuration.
+fn check_password_file(problems: &mut Problems, key: &str, path: &Path) {
+    if !path.is_file() {
+        check_file(problems, key, path);
+        return;
+    }
+    if let Err(err) = PasswordFile::load(path) {
+        problems.push(key, path.display(), &err.to_string());
     }
 }
 

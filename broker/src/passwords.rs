@@ -21,11 +21,15 @@ pub enum PasswordFileError {
         source: std::io::Error,
     },
 
-    #[error("invalid password file {path}, line {line}: {reason}")]
+    #[error(
+        "invalid password file {path}: {}; write each line as `username:HASH`, \
+         with HASH from `tollway-broker --hash-password`",
+        .problems.join("; ")
+    )]
     Invalid {
         path: PathBuf,
-        line: usize,
-        reason: String,
+        /// One entry per bad line, each starting with `line N:`.
+        problems: Vec<String>,
     },
 
     #[error("password file {path} lists no users; add `username:hash` lines")]
@@ -46,35 +50,35 @@ impl PasswordFile {
             path: path.to_path_buf(),
             source,
         })?;
-        let invalid = |line: usize, reason: String| PasswordFileError::Invalid {
-            path: path.to_path_buf(),
-            line,
-            reason,
-        };
-
         let mut users = HashMap::new();
+        let mut problems = Vec::new();
         for (index, raw) in text.lines().enumerate() {
-            let line = raw.trim();
-            if line.is_empty() || line.starts_with('#') {
+            let line = index + 1;
+            let raw = raw.trim();
+            if raw.is_empty() || raw.starts_with('#') {
                 continue;
             }
-            let Some((user, hash)) = line.split_once(':') else {
-                return Err(invalid(index + 1, "expected `username:hash`".to_string()));
+            let Some((user, hash)) = raw.split_once(':') else {
+                problems.push(format!("line {line}: expected `username:hash`"));
+                continue;
             };
             if user.is_empty() {
-                return Err(invalid(index + 1, "the username is empty".to_string()));
-            }
-            if let Err(err) = PasswordHash::new(hash) {
-                return Err(invalid(
-                    index + 1,
-                    format!("the hash of user {user:?} is not a PHC string: {err}"),
+                problems.push(format!("line {line}: the username is empty"));
+            } else if let Err(err) = PasswordHash::new(hash) {
+                problems.push(format!(
+                    "line {line}: the hash of user {user:?} is not a PHC string: {err}"
                 ));
-            }
-            if users.insert(user.to_string(), hash.to_string()).is_some() {
-                return Err(invalid(index + 1, format!("user {user:?} is listed twice")));
+            } else if users.insert(user.to_string(), hash.to_string()).is_some() {
+                problems.push(format!("line {line}: user {user:?} is listed twice"));
             }
         }
 
+        if !problems.is_empty() {
+            return Err(PasswordFileError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            });
+        }
         if users.is_empty() {
             return Err(PasswordFileError::Empty {
                 path: path.to_path_buf(),
@@ -149,6 +153,21 @@ mod tests {
         let text = PasswordFile::load(file.path()).unwrap_err().to_string();
         assert!(text.contains("line 1"), "{text}");
         assert!(text.contains("\"ingest\""), "{text}");
+    }
+
+    #[test]
+    fn every_bad_line_is_reported() {
+        let hash = hash_password(b"s3cret").unwrap();
+        let file = write(&format!("nocolon\ningest:{hash}\n:{hash}\ningest:{hash}\n"));
+        let text = PasswordFile::load(file.path()).unwrap_err().to_string();
+        for expected in [
+            "line 1: expected `username:hash`",
+            "line 3: the username is empty",
+            "line 4: user \"ingest\" is listed twice",
+            "tollway-broker --hash-password",
+        ] {
+            assert!(text.contains(expected), "{expected:?} missing from: {text}");
+        }
     }
 
     #[test]

@@ -257,9 +257,7 @@ impl Config {
         }
 
         if let Some(broker) = &self.broker {
-            if let Some(problem) = broker.backoff.problem() {
-                problems.push("broker.backoff", format!("{:?}", broker.backoff), &problem);
-            }
+            broker.backoff.check(&mut problems, "broker.backoff");
             if broker.client_id.is_empty() {
                 problems.push("broker.client_id", "\"\"", "must not be empty");
             }

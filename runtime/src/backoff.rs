@@ -12,6 +12,8 @@ use std::time::Duration;
 use rand::Rng;
 use serde::Deserialize;
 
+use crate::config::Problems;
+
 /// Back-off settings as they appear in configuration files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,6 +29,20 @@ impl BackoffConfig {
         BackoffConfig {
             base_ms: base.as_millis() as u64,
             cap_ms: cap.as_millis() as u64,
+        }
+    }
+
+    /// Adds what is wrong with the settings to `problems`, naming the key
+    /// under `section` (e.g. `backoff.base_ms`).
+    pub fn check(&self, problems: &mut Problems, section: &str) {
+        if self.base_ms == 0 {
+            problems.push(&format!("{section}.base_ms"), 0, "must be at least 1");
+        } else if self.cap_ms < self.base_ms {
+            problems.push(
+                &format!("{section}.cap_ms"),
+                self.cap_ms,
+                &format!("must be at least base_ms ({})", self.base_ms),
+            );
         }
     }
 

@@ -25,7 +25,7 @@ pub enum ConfigError {
     /// A TOML syntax error, an unknown key, or a key with a value of the wrong
     /// type. The message from `toml` names the key, the line and what was expected.
     #[error(
-        "invalid config file {path}: {message}\nadd, fix or remove the key named above; the sample configurations under deploy/ show every key"
+        "invalid config file {path}: {message}\nfix the key or value named above; the sample configurations under deploy/examples show the keys and their types"
     )]
     Parse { path: PathBuf, message: String },
 

@@ -147,6 +147,11 @@ enum PkiAction {
         /// Validity of the CA certificate, in days.
         #[arg(long, default_value_t = 3650)]
         days: u32,
+        /// Common name of the CA, e.g. `Tollway national CA` or `Tollway
+        /// Guangdong (44) CA`, so that the national and each province's CA
+        /// can be told apart in certificates and TLS errors.
+        #[arg(long, default_value = pki::DEFAULT_CA_NAME)]
+        name: String,
     },
     /// Issue a node's client certificate; its CN is the node id.
     IssueNode {
@@ -243,7 +248,7 @@ fn run(command: Command, output: Output, connection: &Connection) -> Result<Stri
 
 fn run_pki(dir: PathBuf, force: bool, action: PkiAction) -> Result<String, String> {
     let issued = match action {
-        PkiAction::Init { days } => pki::init_ca(&dir, days, force),
+        PkiAction::Init { days, name } => pki::init_ca(&dir, &name, days, force),
         PkiAction::IssueNode { node, days } => {
             let node = NodeId::new(node).map_err(|err| err.to_string())?;
             pki::issue_node(&dir, &node, days, force)

@@ -27,6 +27,9 @@ pub enum PkiError {
     #[error(transparent)]
     File(#[from] FileError),
 
+    #[error("the CA name is empty; pass --name, e.g. --name \"Tollway Guangdong (44) CA\"")]
+    EmptyCaName,
+
     #[error("cannot read {path}: {source}; run `tollwayctl pki init` first")]
     ReadCa {
         path: PathBuf,
@@ -52,6 +55,9 @@ pub enum PkiError {
     Validity { days: u32 },
 }
 
+/// Common name of a CA when `pki init` is not given `--name`.
+pub const DEFAULT_CA_NAME: &str = "Tollway fleet CA";
+
 /// Paths of one certificate and its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Issued {
@@ -59,13 +65,17 @@ pub struct Issued {
     pub key: PathBuf,
 }
 
-/// Creates the CA in `dir`: a self-signed certificate valid for `days`.
-pub fn init_ca(dir: &Path, days: u32, force: bool) -> Result<Issued, PkiError> {
+/// Creates the CA `ca_name` in `dir`: a self-signed certificate valid for
+/// `days`.
+pub fn init_ca(dir: &Path, ca_name: &str, days: u32, force: bool) -> Result<Issued, PkiError> {
     let validity = validity(days)?;
+    if ca_name.trim().is_empty() {
+        return Err(PkiError::EmptyCaName);
+    }
     let key = generate_key("the CA key")?;
 
     let mut params = CertificateParams::default();
-    params.distinguished_name = name("Tollway fleet CA");
+    params.distinguished_name = name(ca_name);
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     (params.not_before, params.not_after) = validity;
@@ -230,6 +240,8 @@ fn validity(days: u32) -> Result<(OffsetDateTime, OffsetDateTime), PkiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
     use std::os::unix::fs::PermissionsExt;
 
     fn mode(path: &Path) -> u32 {
@@ -239,7 +251,7 @@ mod tests {
     #[test]
     fn init_and_issue_write_private_files() {
         let dir = tempfile::tempdir().unwrap();
-        let ca = init_ca(dir.path(), 3650, false).unwrap();
+        let ca = init_ca(dir.path(), DEFAULT_CA_NAME, 3650, false).unwrap();
         let node = issue_node(dir.path(), &NodeId::new("g44-0001").unwrap(), 825, false).unwrap();
         let server = issue_server(dir.path(), "127.0.0.1", 825, false).unwrap();
 
@@ -260,10 +272,10 @@ mod tests {
     #[test]
     fn existing_files_are_kept_without_force() {
         let dir = tempfile::tempdir().unwrap();
-        let first = init_ca(dir.path(), 3650, false).unwrap();
+        let first = init_ca(dir.path(), DEFAULT_CA_NAME, 3650, false).unwrap();
         let before = std::fs::read(&first.key).unwrap();
 
-        let err = init_ca(dir.path(), 3650, false).unwrap_err();
+        let err = init_ca(dir.path(), DEFAULT_CA_NAME, 3650, false).unwrap_err();
         assert!(err.to_string().contains("ca.crt"), "{err}");
         assert_eq!(
             std::fs::read(&first.key).unwrap(),
@@ -271,12 +283,54 @@ mod tests {
             "the CA key was replaced"
         );
 
-        init_ca(dir.path(), 3650, true).unwrap();
+        init_ca(dir.path(), DEFAULT_CA_NAME, 3650, true).unwrap();
         assert_ne!(
             std::fs::read(&first.key).unwrap(),
             before,
             "--force did not replace the key"
         );
+    }
+
+    #[test]
+    fn ca_carries_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = init_ca(dir.path(), "Tollway Guangdong (44) CA", 3650, false).unwrap();
+
+        // The CN is a UTF8String in the DER, so its bytes appear as they are.
+        let pem = std::fs::read(&ca.cert).unwrap();
+        let der = CertificateDer::from_pem_slice(&pem).unwrap();
+        let name = b"Tollway Guangdong (44) CA";
+        assert!(
+            der.windows(name.len()).any(|window| window == name),
+            "the CA certificate does not carry its name"
+        );
+        assert!(matches!(
+            init_ca(dir.path(), " ", 3650, true),
+            Err(PkiError::EmptyCaName)
+        ));
+    }
+
+    #[test]
+    fn issued_certificates_are_kept_without_force() {
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path(), DEFAULT_CA_NAME, 3650, false).unwrap();
+        let node_id = NodeId::new("g44-0001").unwrap();
+        let node = issue_node(dir.path(), &node_id, 825, false).unwrap();
+        let server = issue_server(dir.path(), "127.0.0.1", 825, false).unwrap();
+        let before = (
+            std::fs::read(&node.key).unwrap(),
+            std::fs::read(&server.key).unwrap(),
+        );
+
+        assert!(issue_node(dir.path(), &node_id, 825, false).is_err());
+        assert!(issue_server(dir.path(), "127.0.0.1", 825, false).is_err());
+        assert_eq!(std::fs::read(&node.key).unwrap(), before.0);
+        assert_eq!(std::fs::read(&server.key).unwrap(), before.1);
+
+        issue_node(dir.path(), &node_id, 825, true).unwrap();
+        issue_server(dir.path(), "127.0.0.1", 825, true).unwrap();
+        assert_ne!(std::fs::read(&node.key).unwrap(), before.0);
+        assert_ne!(std::fs::read(&server.key).unwrap(), before.1);
     }
 
     #[test]
@@ -290,7 +344,7 @@ mod tests {
     #[test]
     fn host_with_path_is_rejected() {
         let dir = tempfile::tempdir().unwrap();
-        init_ca(dir.path(), 30, false).unwrap();
+        init_ca(dir.path(), DEFAULT_CA_NAME, 30, false).unwrap();
         assert!(matches!(
             issue_server(dir.path(), "../evil", 30, false),
             Err(PkiError::Host { .. })
@@ -301,7 +355,7 @@ mod tests {
     fn zero_days_is_rejected() {
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(
-            init_ca(dir.path(), 0, false),
+            init_ca(dir.path(), DEFAULT_CA_NAME, 0, false),
             Err(PkiError::Validity { days: 0 })
         ));
     }

@@ -37,13 +37,9 @@ impl AggregatorConfig {
         if self.stale_after_s == 0 {
             problems.push("aggregator.stale_after_s", 0, "must be at least 1");
         }
-        if let Some(problem) = self.broker.backoff.problem() {
-            problems.push(
-                "aggregator.broker.backoff",
-                format!("{:?}", self.broker.backoff),
-                &problem,
-            );
-        }
+        self.broker
+            .backoff
+            .check(problems, "aggregator.broker.backoff");
     }
 }
 

@@ -99,12 +99,8 @@ impl ControllerConfig {
         if self.max_deployments == 0 {
             problems.push("controller.max_deployments", 0, "must be at least 1");
         }
-        if let Some(problem) = self.broker.backoff.problem() {
-            problems.push(
-                "controller.broker.backoff",
-                format!("{:?}", self.broker.backoff),
-                &problem,
-            );
-        }
+        self.broker
+            .backoff
+            .check(problems, "controller.broker.backoff");
     }
 }
