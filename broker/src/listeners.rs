@@ -203,6 +203,9 @@ fn bind_one(spec: &ListenerSpec<'_>) -> Result<Listener, ListenerError> {
         // Every client must authenticate: a certificate CN or a password.
         .allow_anonymous(false);
 
+    // NOTE: rmqtt-net does the TLS handshake itself and reports a failed
+    // one (no client certificate, another CA, expired) only in its log as
+    // "TLS accept error"; no hook sees it, so the metrics cannot count it.
     if let Some(tls) = &spec.tls {
         builder = builder
             .tls_cert(Some(tls.cert.display().to_string()))
