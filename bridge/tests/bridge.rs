@@ -789,3 +789,67 @@ async fn bridge_killed_mid_stream_loses_nothing() {
         missing.first().map(|m| &m[..11])
     );
 }
+
+/// The provincial broker killed and restarted under the bridge: it keeps
+/// no sessions across a restart, so the bridge reconnects its local
+/// sessions with back-off and subscribes again; statuses published after
+/// the restart go up and commands come down.
+#[tokio::test]
+async fn province_broker_restart_reconnects_local_side() {
+    let province = BrokerFiles::province();
+    let province_broker = province.start();
+    let national = BrokerFiles::national();
+    let _national_broker = national.start();
+    let settings = BridgeSettings::new(
+        province.ports.service,
+        vec![format!("127.0.0.1:{}", national.ports.node)],
+        &national.ca.cert_pem,
+    );
+    let bridge_files = BridgeFiles::write(&settings);
+    let up = Collector::start(
+        service_options(&national, "national-ingest", Some(SERVICE_PASSWORD)),
+        &["tollway/v1/44/#"],
+    )
+    .await;
+    let local = Collector::start(
+        service_options(&province, "province-services", Some(SERVICE_PASSWORD)),
+        &["tollway/v1/44/node/+/cmd"],
+    )
+    .await;
+    let _bridge = bridge_files.start();
+    wait_until_bridged(&local, &up).await;
+    drop(local);
+
+    province_broker.kill();
+    let _province_broker = province.start();
+    let local = Collector::start(
+        service_options(&province, "province-services-after", Some(SERVICE_PASSWORD)),
+        &["tollway/v1/44/node/+/cmd"],
+    )
+    .await;
+
+    // Up: the bridge's local sessions must be back and subscribed again.
+    wait_until_bridged(&local, &up).await;
+
+    // Down: a command published nationally reaches the restarted broker.
+    up.publish(
+        &node_topic("G5", "cmd"),
+        false,
+        "after the province restart",
+    )
+    .await;
+    assert!(
+        local
+            .wait_until(ARRIVAL, |r| r
+                .iter()
+                .any(|m| m.payload == b"after the province restart"))
+            .await,
+        "no command came down after the provincial broker restarted"
+    );
+
+    let metrics = scrape_metrics(bridge_files.metrics_port);
+    assert!(
+        metric(&metrics, "tollway_bridge_connects_total{session=\"local\"}") >= 2,
+        "{metrics}"
+    );
+}
