@@ -57,16 +57,28 @@ fn payloads_on(collector: &Collector, topic: &str) -> Vec<String> {
         .collect()
 }
 
-/// Returns the value of the series `series` (name and labels) in a
-/// Prometheus text scrape.
-fn metric(metrics: &str, series: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {series} in {metrics}"))
-        .trim()
-        .parse()
-        .unwrap_or_else(|err| panic!("{series} is not a counter: {err}"))
+/// Bridge settings from `province`'s service listener to the national
+/// broker at loopback `remote_port` (its bridge listener, or a gate).
+fn bridge_settings(
+    province: &BrokerFiles,
+    national: &BrokerFiles,
+    remote_port: u16,
+) -> BridgeSettings {
+    BridgeSettings::new(
+        province.ports.service,
+        vec![format!("127.0.0.1:{remote_port}")],
+        &national.ca.cert_pem,
+    )
+}
+
+/// A collector logged in to `broker`'s service listener as a centre
+/// service, subscribed to `filters`.
+async fn service_collector(broker: &BrokerFiles, client_id: &str, filters: &[&str]) -> Collector {
+    Collector::start(
+        service_options(broker, client_id, Some(SERVICE_PASSWORD)),
+        filters,
+    )
+    .await
 }
 
 fn decode_state(payload: &[u8]) -> BridgeState {
@@ -93,13 +105,10 @@ async fn forwards_both_directions() {
     );
     let bridge_files = BridgeFiles::write(&settings);
 
-    let up = Collector::start(
-        service_options(&national, "national-ingest", Some(SERVICE_PASSWORD)),
-        &["tollway/v1/44/#"],
-    )
-    .await;
-    let down = Collector::start(
-        service_options(&province, "province-controller", Some(SERVICE_PASSWORD)),
+    let up = service_collector(&national, "national-ingest", &["tollway/v1/44/#"]).await;
+    let down = service_collector(
+        &province,
+        "province-controller",
         &[
             "tollway/v1/44/node/+/cmd",
             "tollway/v1/ops/#",
@@ -164,8 +173,9 @@ async fn forwards_both_directions() {
 
     // Presence and ops objects are published retained on the destination,
     // so a subscriber that comes later still gets them.
-    let late_national = Collector::start(
-        service_options(&national, "late-national", Some(SERVICE_PASSWORD)),
+    let late_national = service_collector(
+        &national,
+        "late-national",
         &["tollway/v1/44/node/G1/presence"],
     )
     .await;
@@ -177,11 +187,7 @@ async fn forwards_both_directions() {
             .await,
         "presence was not retained on the national broker"
     );
-    let late_province = Collector::start(
-        service_options(&province, "late-province", Some(SERVICE_PASSWORD)),
-        &["tollway/v1/ops/#"],
-    )
-    .await;
+    let late_province = service_collector(&province, "late-province", &["tollway/v1/ops/#"]).await;
     assert!(
         late_province
             .wait_until(ARRIVAL, |r| r
@@ -210,14 +216,14 @@ async fn forwards_both_directions() {
         "{metrics}"
     );
     assert!(
-        metric(
+        metric_value(
             &metrics,
             "tollway_bridge_connection_errors_total{session=\"remote\"}"
         ) > 0,
         "the failed first address was not counted: {metrics}"
     );
     assert!(
-        metric(&metrics, "tollway_bridge_forwarded_total{direction=\"up\"}") >= 50,
+        metric_value(&metrics, "tollway_bridge_forwarded_total{direction=\"up\"}") >= 50,
         "{metrics}"
     );
 }
@@ -250,8 +256,9 @@ async fn mosquitto_as_national_broker() {
         &["tollway/v1/44/#"],
     )
     .await;
-    let down = Collector::start(
-        service_options(&province, "province-controller", Some(SERVICE_PASSWORD)),
+    let down = service_collector(
+        &province,
+        "province-controller",
         &["tollway/v1/44/node/+/cmd", "tollway/v1/ops/#"],
     )
     .await;
@@ -302,17 +309,9 @@ async fn state_goes_offline_on_stop_and_crash() {
     let _province_broker = province.start();
     let national = BrokerFiles::national();
     let _national_broker = national.start();
-    let settings = BridgeSettings::new(
-        province.ports.service,
-        vec![format!("127.0.0.1:{}", national.ports.node)],
-        &national.ca.cert_pem,
-    );
+    let settings = bridge_settings(&province, &national, national.ports.node);
     let bridge_files = BridgeFiles::write(&settings);
-    let watcher = Collector::start(
-        service_options(&national, "watcher", Some(SERVICE_PASSWORD)),
-        &[bridge_state_topic().as_str()],
-    )
-    .await;
+    let watcher = service_collector(&national, "watcher", &[bridge_state_topic().as_str()]).await;
     let topic = bridge_state_topic();
     let online_count = |received: &[Received], online: bool| {
         received
@@ -428,29 +427,22 @@ async fn capped_link_keeps_lanes_in_order() {
     let national = BrokerFiles::national();
     let _national_broker = national.start();
 
-    let mut settings = BridgeSettings::new(
-        province.ports.service,
-        vec![format!("127.0.0.1:{}", national.ports.node)],
-        &national.ca.cert_pem,
-    );
+    let mut settings = bridge_settings(&province, &national, national.ports.node);
     // About 100 bulk messages of 1 KB at 50 KB/s: two seconds of backlog.
     settings.up_bytes_per_second = 50_000;
     settings.burst_bytes = 2_000;
     let bridge_files = BridgeFiles::write(&settings);
 
-    let up = Collector::start(
-        service_options(&national, "national-ingest", Some(SERVICE_PASSWORD)),
+    let up = service_collector(
+        &national,
+        "national-ingest",
         &[
             "tollway/v1/44/center/status",
             "tollway/v1/44/node/+/cmd/result",
         ],
     )
     .await;
-    let local = Collector::start(
-        service_options(&province, "province-services", Some(SERVICE_PASSWORD)),
-        &[],
-    )
-    .await;
+    let local = service_collector(&province, "province-services", &[]).await;
     let _bridge = bridge_files.start();
     wait_until_bridged(&local, &up).await;
     let probes = up.received().len();
@@ -526,19 +518,16 @@ async fn national_killed_mid_stream() {
     // decides when the bridge may reconnect after the restart.
     let gate = TcpGate::start(national.ports.node);
 
-    let mut settings = BridgeSettings::new(
-        province.ports.service,
-        vec![format!("127.0.0.1:{}", gate.port)],
-        &national.ca.cert_pem,
-    );
+    let mut settings = bridge_settings(&province, &national, gate.port);
     // 200 messages of about 120 bytes take about 2.5 s at 10 KB/s, so the
     // crash comes while the bridge holds messages.
     settings.up_bytes_per_second = 10_000;
     settings.burst_bytes = 1_000;
     let bridge_files = BridgeFiles::write(&settings);
 
-    let before = Collector::start(
-        service_options(&national, "ingest-before", Some(SERVICE_PASSWORD)),
+    let before = service_collector(
+        &national,
+        "ingest-before",
         &[
             "tollway/v1/44/node/+/status",
             "tollway/v1/44/center/status",
@@ -546,8 +535,9 @@ async fn national_killed_mid_stream() {
         ],
     )
     .await;
-    let local = Collector::start(
-        service_options(&province, "province-services", Some(SERVICE_PASSWORD)),
+    let local = service_collector(
+        &province,
+        "province-services",
         &["tollway/v1/44/node/+/cmd"],
     )
     .await;
@@ -573,11 +563,8 @@ async fn national_killed_mid_stream() {
     drop(before);
 
     let _national_broker = national.start();
-    let after = Collector::start(
-        service_options(&national, "ingest-after", Some(SERVICE_PASSWORD)),
-        &["tollway/v1/44/node/+/status"],
-    )
-    .await;
+    let after =
+        service_collector(&national, "ingest-after", &["tollway/v1/44/node/+/status"]).await;
     // Published while the national broker is unreachable: held by the
     // bridge and the provincial broker.
     for i in 200..300 {
@@ -652,7 +639,7 @@ async fn national_killed_mid_stream() {
 
     let metrics = scrape_metrics(bridge_files.metrics_port);
     assert!(
-        metric(
+        metric_value(
             &metrics,
             "tollway_bridge_connection_errors_total{session=\"remote\"}"
         ) > 0,
@@ -675,22 +662,10 @@ async fn retained_ops_arrive_after_queue_overflowed() {
     let _national_broker = national.start();
     let gate = TcpGate::start(national.ports.node);
 
-    let settings = BridgeSettings::new(
-        province.ports.service,
-        vec![format!("127.0.0.1:{}", gate.port)],
-        &national.ca.cert_pem,
-    );
+    let settings = bridge_settings(&province, &national, gate.port);
     let bridge_files = BridgeFiles::write(&settings);
-    let up = Collector::start(
-        service_options(&national, "national-ops", Some(SERVICE_PASSWORD)),
-        &["tollway/v1/44/#"],
-    )
-    .await;
-    let down = Collector::start(
-        service_options(&province, "province-controller", Some(SERVICE_PASSWORD)),
-        &["tollway/v1/ops/#"],
-    )
-    .await;
+    let up = service_collector(&national, "national-ops", &["tollway/v1/44/#"]).await;
+    let down = service_collector(&province, "province-controller", &["tollway/v1/ops/#"]).await;
     let _bridge = bridge_files.start();
     wait_until_bridged(&down, &up).await;
 
@@ -731,24 +706,18 @@ async fn bridge_killed_mid_stream_loses_nothing() {
     let national = BrokerFiles::national();
     let _national_broker = national.start();
 
-    let mut settings = BridgeSettings::new(
-        province.ports.service,
-        vec![format!("127.0.0.1:{}", national.ports.node)],
-        &national.ca.cert_pem,
-    );
+    let mut settings = bridge_settings(&province, &national, national.ports.node);
     // 200 messages of about 120 bytes take about 2.5 s at 10 KB/s, so the
     // crash comes while the bridge holds messages.
     settings.up_bytes_per_second = 10_000;
     settings.burst_bytes = 1_000;
     let bridge_files = BridgeFiles::write(&settings);
 
-    let national_ingest = Collector::start(
-        service_options(&national, "national-ingest", Some(SERVICE_PASSWORD)),
-        &["tollway/v1/44/#"],
-    )
-    .await;
-    let local = Collector::start(
-        service_options(&province, "province-services", Some(SERVICE_PASSWORD)),
+    let national_ingest =
+        service_collector(&national, "national-ingest", &["tollway/v1/44/#"]).await;
+    let local = service_collector(
+        &province,
+        "province-services",
         &["tollway/v1/44/node/+/cmd"],
     )
     .await;
@@ -800,19 +769,12 @@ async fn province_broker_restart_reconnects_local_side() {
     let province_broker = province.start();
     let national = BrokerFiles::national();
     let _national_broker = national.start();
-    let settings = BridgeSettings::new(
-        province.ports.service,
-        vec![format!("127.0.0.1:{}", national.ports.node)],
-        &national.ca.cert_pem,
-    );
+    let settings = bridge_settings(&province, &national, national.ports.node);
     let bridge_files = BridgeFiles::write(&settings);
-    let up = Collector::start(
-        service_options(&national, "national-ingest", Some(SERVICE_PASSWORD)),
-        &["tollway/v1/44/#"],
-    )
-    .await;
-    let local = Collector::start(
-        service_options(&province, "province-services", Some(SERVICE_PASSWORD)),
+    let up = service_collector(&national, "national-ingest", &["tollway/v1/44/#"]).await;
+    let local = service_collector(
+        &province,
+        "province-services",
         &["tollway/v1/44/node/+/cmd"],
     )
     .await;
@@ -822,8 +784,9 @@ async fn province_broker_restart_reconnects_local_side() {
 
     province_broker.kill();
     let _province_broker = province.start();
-    let local = Collector::start(
-        service_options(&province, "province-services-after", Some(SERVICE_PASSWORD)),
+    let local = service_collector(
+        &province,
+        "province-services-after",
         &["tollway/v1/44/node/+/cmd"],
     )
     .await;
@@ -849,7 +812,7 @@ async fn province_broker_restart_reconnects_local_side() {
 
     let metrics = scrape_metrics(bridge_files.metrics_port);
     assert!(
-        metric(&metrics, "tollway_bridge_connects_total{session=\"local\"}") >= 2,
+        metric_value(&metrics, "tollway_bridge_connects_total{session=\"local\"}") >= 2,
         "{metrics}"
     );
 }

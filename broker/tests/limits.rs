@@ -35,13 +35,7 @@ fn persistent(files: &BrokerFiles, client_id: &str) -> MqttOptions {
 
 /// Returns the value of an unlabelled counter from the metrics endpoint.
 fn counter(files: &BrokerFiles, name: &str) -> u64 {
-    let metrics = scrape_metrics(files.ports.metrics);
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
-        .parse()
-        .unwrap()
+    metric_value(&scrape_metrics(files.ports.metrics), name)
 }
 
 /// Subscribes a persistent session to [`TOPIC`] and leaves it offline.

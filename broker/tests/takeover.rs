@@ -112,17 +112,10 @@ async fn reconnect_during_teardown_accepted() {
     // The metrics count the broker's waits (6 to 69 per run on two cores).
     // None of those waits may have given up.
     let metrics = scrape_metrics(files.ports.metrics);
-    let counter = |name: &str| {
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("no {name} in the metrics"))
-            .to_string()
-    };
-    let waits = counter("tollway_broker_takeover_waits_total");
+    let waits = metric_value(&metrics, "tollway_broker_takeover_waits_total");
     assert_eq!(
-        counter("tollway_broker_takeover_timeouts_total"),
-        "0",
+        metric_value(&metrics, "tollway_broker_takeover_timeouts_total"),
+        0,
         "a takeover wait gave up ({waits} waits in all)"
     );
 }

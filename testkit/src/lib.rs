@@ -464,6 +464,19 @@ pub fn scrape_metrics(port: u16) -> String {
     response
 }
 
+/// Returns the value of the series `series` (a metric name with its labels,
+/// if any) in a Prometheus text scrape. Panics naming the series when it is
+/// missing or not a whole number.
+pub fn metric_value(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in {metrics}"))
+        .trim()
+        .parse()
+        .unwrap_or_else(|err| panic!("{series} is not a whole number: {err}"))
+}
+
 /// Path of a workspace program: in `$TOLLWAY_BIN_DIR` when that is set,
 /// otherwise beside the running test executable.
 ///
