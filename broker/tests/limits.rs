@@ -61,11 +61,9 @@ async fn publish_all(files: &BrokerFiles, payloads: &[&str]) {
             .publish(TOPIC, QoS::AtLeastOnce, false, payload.as_bytes().to_vec())
             .await
             .unwrap();
-        next_packet(&mut eventloop, Duration::from_secs(5), |p| {
-            matches!(p, Packet::PubAck(_)).then_some(())
-        })
-        .await
-        .expect("no PUBACK");
+        next_puback(&mut eventloop, Duration::from_secs(5))
+            .await
+            .expect("no PUBACK");
     }
 }
 
@@ -147,10 +145,7 @@ async fn oversized_packet_closes_connection() {
         .publish(TOPIC, QoS::AtLeastOnce, false, vec![b'x'; 2000])
         .await
         .unwrap();
-    let ended = next_packet(&mut eventloop, Duration::from_secs(5), |p| {
-        matches!(p, Packet::PubAck(_)).then_some(())
-    })
-    .await;
+    let ended = next_puback(&mut eventloop, Duration::from_secs(5)).await;
     assert!(ended.is_err(), "a 2000-byte PUBLISH was acknowledged");
 
     let (_, received) = resume(&files, "watcher").await;

@@ -118,11 +118,9 @@ async fn bridge_and_service_exchange_messages() {
     )
     .await
     .unwrap();
-    next_packet(&mut ops_loop, SHORT, |p| {
-        matches!(p, Packet::PubAck(_)).then_some(())
-    })
-    .await
-    .expect("no PUBACK for the ops publish");
+    next_puback(&mut ops_loop, SHORT)
+        .await
+        .expect("no PUBACK for the ops publish");
 
     let received = next_packet(&mut bridge_loop, SHORT, |p| match p {
         Packet::Publish(publish) => Some((publish.topic.clone(), publish.payload.to_vec())),
@@ -151,11 +149,9 @@ async fn retained_survives_restart() {
     ops.publish(topic, QoS::AtLeastOnce, true, b"generation 3".to_vec())
         .await
         .unwrap();
-    next_packet(&mut ops_loop, SHORT, |p| {
-        matches!(p, Packet::PubAck(_)).then_some(())
-    })
-    .await
-    .expect("no PUBACK for the retained publish");
+    next_puback(&mut ops_loop, SHORT)
+        .await
+        .expect("no PUBACK for the retained publish");
     // Stopped right after the PUBACK: the retainer writes in the
     // background, and the broker waits for it at shutdown.
     drop(ops);

@@ -75,11 +75,9 @@ async fn node_uses_own_topics() {
         )
         .await
         .unwrap();
-    next_packet(&mut eventloop, SHORT, |p| {
-        matches!(p, Packet::PubAck(_)).then_some(())
-    })
-    .await
-    .expect("node A's status was not acknowledged");
+    next_puback(&mut eventloop, SHORT)
+        .await
+        .expect("node A's status was not acknowledged");
 }
 
 /// A node publishes only what the contract has it send, and retains only
@@ -103,11 +101,9 @@ async fn node_cannot_retain_outside_presence() {
         )
         .await
         .unwrap();
-    next_packet(&mut eventloop, SHORT, |p| {
-        matches!(p, Packet::PubAck(_)).then_some(())
-    })
-    .await
-    .expect("the retained presence was not acknowledged");
+    next_puback(&mut eventloop, SHORT)
+        .await
+        .expect("the retained presence was not acknowledged");
 
     for (kind, retain) in [("status", true), ("junk/1", false), ("desired", false)] {
         let (client, mut eventloop, ack) =
@@ -122,10 +118,7 @@ async fn node_cannot_retain_outside_presence() {
             )
             .await
             .unwrap();
-        let outcome = next_packet(&mut eventloop, SHORT, |p| {
-            matches!(p, Packet::PubAck(_)).then_some(())
-        })
-        .await;
+        let outcome = next_puback(&mut eventloop, SHORT).await;
         assert!(
             outcome.is_err(),
             "node A's publish to {kind} (retain {retain}) was acknowledged"
@@ -273,10 +266,7 @@ async fn node_cannot_publish_to_other_node() {
         .await
         .unwrap();
 
-    let ended = next_packet(&mut eventloop, SHORT, |p| {
-        matches!(p, Packet::PubAck(_)).then_some(())
-    })
-    .await;
+    let ended = next_puback(&mut eventloop, SHORT).await;
     assert!(
         ended.is_err(),
         "the forged publish was acknowledged instead of disconnecting A"
@@ -405,11 +395,9 @@ async fn retained_survives_restart() {
         .publish(&topic, QoS::AtLeastOnce, true, b"generation 7".to_vec())
         .await
         .unwrap();
-    next_packet(&mut service_loop, SHORT, |p| {
-        matches!(p, Packet::PubAck(_)).then_some(())
-    })
-    .await
-    .expect("no PUBACK for the retained publish");
+    next_puback(&mut service_loop, SHORT)
+        .await
+        .expect("no PUBACK for the retained publish");
     // Stopped right after the PUBACK: the retainer writes in the
     // background, and the broker waits for it at shutdown.
     drop(service);

@@ -425,6 +425,14 @@ pub async fn connect(
     (client, eventloop, result)
 }
 
+/// Polls until a PUBACK arrives, or `timeout` passes.
+pub async fn next_puback(eventloop: &mut EventLoop, timeout: Duration) -> Result<(), String> {
+    next_packet(eventloop, timeout, |p| {
+        matches!(p, Packet::PubAck(_)).then_some(())
+    })
+    .await
+}
+
 /// Polls until a packet matching `want` arrives, or `timeout` passes.
 pub async fn next_packet<T>(
     eventloop: &mut EventLoop,
