@@ -31,6 +31,11 @@ pub struct Counters {
     pub takeover_waits: AtomicU64,
     /// Those of them that gave up after `takeover::TEARDOWN_WAIT`.
     pub takeover_timeouts: AtomicU64,
+    /// Retained topics held (see `retained.rs`).
+    pub retained_topics: AtomicU64,
+    /// Retained publishes to a new topic beyond `[retained] max_messages`,
+    /// delivered but not kept.
+    pub retained_refusals: AtomicU64,
     /// PUBLISH packets received from clients, including those the ACL then
     /// drops, and will messages.
     pub messages_in: AtomicU64,

@@ -13,6 +13,7 @@ mod metrics;
 mod pacing;
 mod passwords;
 mod plugins;
+mod retained;
 mod server;
 mod sharing;
 mod takeover;

@@ -135,6 +135,11 @@ pub fn render(listeners: &ListenerTable, counters: &Counters) -> String {
             &counters.takeover_waits,
         ),
         (
+            "tollway_broker_retained_refusals_total",
+            "Retained publishes to a new topic beyond [retained] max_messages, delivered but not kept.",
+            &counters.retained_refusals,
+        ),
+        (
             "tollway_broker_takeover_timeouts_total",
             "Takeover waits that gave up; rmqtt may refuse those CONNECTs.",
             &counters.takeover_timeouts,
@@ -169,6 +174,19 @@ pub fn render(listeners: &ListenerTable, counters: &Counters) -> String {
         header(&mut out, name, "counter", help);
         let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
     }
+
+    let name = "tollway_broker_retained_topics";
+    header(
+        &mut out,
+        name,
+        "gauge",
+        "Retained topics held, counted while [retained] max_messages is set.",
+    );
+    let _ = writeln!(
+        out,
+        "{name} {}",
+        counters.retained_topics.load(Ordering::Relaxed)
+    );
     out
 }
 

@@ -67,10 +67,9 @@ pub fn retainer_config(config: &Config) -> String {
 
     let mut table = Table::new();
     table.insert("storage".into(), Value::Table(storage));
-    table.insert(
-        "max_retained_messages".into(),
-        Value::Integer(config.retained.max_messages as i64),
-    );
+    // The limit on retained topics is kept by `retained.rs` in O(1);
+    // rmqtt's own check walks every retained topic on each publish.
+    table.insert("max_retained_messages".into(), Value::Integer(0));
     table.insert(
         "max_payload_size".into(),
         Value::String(format!("{}B", config.retained.max_payload_bytes)),

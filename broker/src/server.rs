@@ -17,6 +17,7 @@ use crate::events::{Counters, EventRecorder};
 use crate::listeners::{ListenerError, ListenerTable, bind_all};
 use crate::pacing::PacingHook;
 use crate::plugins::{self, PluginError};
+use crate::retained::{RetainedLimit, RetainedLimitHook};
 use crate::sharing::TopicHashSharing;
 use crate::takeover::TakeoverHook;
 
@@ -27,6 +28,8 @@ const PACING_PRIORITY: u32 = 100;
 /// After pacing, so that the wait for an ending session starts when the
 /// connection has its slot.
 const TAKEOVER_PRIORITY: u32 = 50;
+/// Before the events hook, which counts what is published.
+const RETAINED_PRIORITY: u32 = 50;
 const EVENTS_PRIORITY: u32 = 0;
 
 /// A broker that could not start.
@@ -44,6 +47,12 @@ pub enum StartError {
 
     #[error(transparent)]
     Plugin(#[from] PluginError),
+
+    #[error("cannot list the retained topics kept from before the restart: {source}")]
+    RetainedLoad {
+        #[source]
+        source: anyhow::Error,
+    },
 
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics {
@@ -79,9 +88,27 @@ pub async fn start(
     // not depend on other programs sharing the host.
     let builder = ServerContext::new().busy_check_enable(false);
     let scx = plugins::configure(builder, config).build().await;
-    register_hooks(&scx, config, &table, &counters).await;
+    let retained_limit = (config.retained.max_messages > 0).then(|| {
+        Arc::new(RetainedLimit::new(
+            config.retained.max_messages,
+            config.retained.max_payload_bytes,
+            counters.clone(),
+        ))
+    });
+    register_hooks(&scx, config, &table, &counters, retained_limit.clone()).await;
     *scx.extends.shared_subscription_mut().await = Box::new(TopicHashSharing);
     plugins::start(&scx).await?;
+    if let Some(limit) = &retained_limit {
+        let topics = limit
+            .load(&scx)
+            .await
+            .map_err(|source| StartError::RetainedLoad { source })?;
+        tracing::info!(
+            topics,
+            max_messages = config.retained.max_messages,
+            "retained topics loaded"
+        );
+    }
 
     let metrics_listener = if config.metrics.enabled {
         let addr = config.metrics.bind;
@@ -152,6 +179,7 @@ async fn register_hooks(
     config: &Config,
     table: &ListenerTable,
     counters: &Arc<Counters>,
+    retained_limit: Option<Arc<RetainedLimit>>,
 ) {
     let register = scx.extends.hook_mgr().register();
 
@@ -179,6 +207,16 @@ async fn register_hooks(
     register
         .add_priority(Type::ClientConnect, TAKEOVER_PRIORITY, takeover)
         .await;
+
+    if let Some(limit) = retained_limit {
+        register
+            .add_priority(
+                Type::MessagePublish,
+                RETAINED_PRIORITY,
+                Box::new(RetainedLimitHook::new(limit)),
+            )
+            .await;
+    }
 
     let events = || Box::new(EventRecorder::new(table.clone(), counters.clone()));
     for typ in [
