@@ -333,9 +333,9 @@ pub fn read_password(path: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|err| format!("cannot read password file {}: {err}", path.display()))?;
     let password = text.lines().next().unwrap_or("").to_string();
-    if password.is_empty() {
+    if password.trim().is_empty() {
         return Err(format!(
-            "password file {} is empty; write the password on its first line",
+            "password file {} has no password on its first line (empty or only spaces); write the password there",
             path.display()
         ));
     }

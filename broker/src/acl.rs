@@ -4,9 +4,11 @@
 //! tied to the certificate's CN. It publishes the kinds a node sends
 //! (status, presence, records, summary, cmd/result) and subscribes to the
 //! kinds it receives (desired, cmd, records/ack), each by its exact topic.
-//! Only its presence may be retained. So a node cannot fill the broker's
-//! retained store, which every node's desired state depends on, nor pose
-//! as the centre on its own desired state.
+//! Only its presence may be retained. The same rule applies to the will
+//! message of its CONNECT, which rmqtt publishes without these hooks; the
+//! authenticator checks it. So a node cannot fill the broker's retained
+//! store, which every node's desired state depends on, nor pose as the
+//! centre on its own desired state.
 //!
 //! This replaces the `rmqtt-acl` plugin. That plugin expands its `%u`
 //! placeholder rules in a task spawned on `ClientConnected`, which races
@@ -25,7 +27,9 @@ use rmqtt::types::{PublishAclResult, SubscribeAclResult};
 use tollway_topics::Province;
 use tollway_topics::topic::{NodeKind, PREFIX};
 
-/// Hook for `ClientSubscribeCheckAcl` and `MessagePublishCheckAcl`.
+/// Hook for `ClientSubscribeCheckAcl` and `MessagePublishCheckAcl`; the
+/// authenticator also uses it to judge a node's will message.
+#[derive(Debug, Clone)]
 pub struct NodeAcl {
     province: Province,
 }
@@ -51,7 +55,7 @@ impl NodeAcl {
 
     /// Reports whether node `client_id` may publish to `topic`: a kind the
     /// node sends, retained only where the contract retains it.
-    fn allows_publish(&self, client_id: &str, topic: &str, retain: bool) -> bool {
+    pub fn allows_publish(&self, client_id: &str, topic: &str, retain: bool) -> bool {
         self.own_kind(client_id, topic)
             .is_some_and(|kind| kind.sent_by_node() && (!retain || kind.retained()))
     }

@@ -5,7 +5,9 @@
 //!   certificate. The username is the certificate's CN (rmqtt replaces
 //!   whatever username the client sent), and it must be a valid node id and
 //!   equal the client id, so that one node cannot take over another node's
-//!   session by reusing its client id. Topic access is then `acl.rs`.
+//!   session by reusing its client id. A will message must be one the node
+//!   may publish (its presence), because rmqtt publishes wills without the
+//!   publish check. Topic access is then `acl.rs`.
 //! - Password listeners: the username and password must match the
 //!   listener's password file. A valid login is a superuser, which rmqtt
 //!   exempts from the publish and subscribe checks.
@@ -16,9 +18,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType};
-use rmqtt::types::{AuthResult, ConnectInfo};
+use rmqtt::types::{AuthResult, ConnectInfo, LastWill};
 use tollway_topics::NodeId;
 
+use crate::acl::NodeAcl;
 use crate::events::Counters;
 use crate::listeners::{ListenerTable, Role};
 
@@ -26,6 +29,8 @@ use crate::listeners::{ListenerTable, Role};
 pub struct Authenticator {
     listeners: ListenerTable,
     counters: Arc<Counters>,
+    /// The node topic rules, on a provincial broker.
+    node_acl: Option<NodeAcl>,
 }
 
 /// The reason a CONNECT was rejected. It is logged but never sent to the
@@ -37,6 +42,7 @@ enum Rejection {
     MissingCertificateCn,
     CnNotNodeId,
     ClientIdNotCn,
+    WillOutsideNodeTopics,
     MissingCredentials,
     WrongCredentials,
 }
@@ -49,6 +55,9 @@ impl Rejection {
             Rejection::MissingCertificateCn => "client certificate has no common name",
             Rejection::CnNotNodeId => "certificate common name is not a valid node id",
             Rejection::ClientIdNotCn => "client id differs from the certificate common name",
+            Rejection::WillOutsideNodeTopics => {
+                "will message is not the node's presence (the only will a node may set)"
+            }
             Rejection::MissingCredentials => "username or password missing",
             Rejection::WrongCredentials => "unknown username or wrong password",
         }
@@ -56,10 +65,15 @@ impl Rejection {
 }
 
 impl Authenticator {
-    pub fn new(listeners: ListenerTable, counters: Arc<Counters>) -> Self {
+    pub fn new(
+        listeners: ListenerTable,
+        counters: Arc<Counters>,
+        node_acl: Option<NodeAcl>,
+    ) -> Self {
         Authenticator {
             listeners,
             counters,
+            node_acl,
         }
     }
 
@@ -86,6 +100,19 @@ impl Authenticator {
                 NodeId::new(cn.as_str()).map_err(|_| Rejection::CnNotNodeId)?;
                 if &*id.client_id != cn.as_str() {
                     return Err(Rejection::ClientIdNotCn);
+                }
+                if let Some(will) = connect.last_will() {
+                    let (topic, retain) = match will {
+                        LastWill::V3(will) => (&will.topic, will.retain),
+                        LastWill::V5(will) => (&will.topic, will.retain),
+                    };
+                    let allowed = self
+                        .node_acl
+                        .as_ref()
+                        .is_some_and(|acl| acl.allows_publish(&cn, topic, retain));
+                    if !allowed {
+                        return Err(Rejection::WillOutsideNodeTopics);
+                    }
                 }
                 Ok(false)
             }

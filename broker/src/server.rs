@@ -183,15 +183,25 @@ async fn register_hooks(
 ) {
     let register = scx.extends.hook_mgr().register();
 
-    let auth = || Box::new(Authenticator::new(table.clone(), counters.clone()));
+    let node_acl = match (config.profile, config.province) {
+        (Profile::Province, Some(province)) => Some(NodeAcl::new(province)),
+        _ => None,
+    };
+    let auth = || {
+        Box::new(Authenticator::new(
+            table.clone(),
+            counters.clone(),
+            node_acl.clone(),
+        ))
+    };
     register
         .add_priority(Type::ClientAuthenticate, AUTH_PRIORITY, auth())
         .await;
 
-    if let (Profile::Province, Some(province)) = (config.profile, config.province) {
+    if let Some(acl) = &node_acl {
         for typ in [Type::ClientSubscribeCheckAcl, Type::MessagePublishCheckAcl] {
             register
-                .add_priority(typ, ACL_PRIORITY, Box::new(NodeAcl::new(province)))
+                .add_priority(typ, ACL_PRIORITY, Box::new(acl.clone()))
                 .await;
         }
     }

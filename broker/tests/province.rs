@@ -126,6 +126,48 @@ async fn node_cannot_retain_outside_presence() {
     }
 }
 
+/// rmqtt publishes a will without the publish check, so the broker judges
+/// a node's will at CONNECT: only its presence, retained or not, is
+/// accepted; any other will gets CONNACK "not authorised".
+#[tokio::test]
+async fn node_will_limited_to_presence() {
+    let files = BrokerFiles::province();
+    let _broker = files.start();
+    let pem = files.ca.node_cert("A");
+
+    let cases = [
+        (node_topic("A", "presence"), true, true),
+        (node_topic("A", "presence"), false, true),
+        (node_topic("A", "desired"), true, false),
+        (node_topic("A", "status"), true, false),
+        (node_topic("A", "junk/1"), false, false),
+        (node_topic("B", "presence"), true, false),
+        ("tollway/v1/ops/deployments/evil".to_string(), true, false),
+        ("tollway/v1/44/center/records/ack".to_string(), false, false),
+    ];
+    for (topic, retain, accepted) in cases {
+        let mut options = node_options(&files, "A", Some(&pem), &files.ca.cert_pem);
+        options.set_last_will(rumqttc::LastWill::new(
+            &topic,
+            b"x".to_vec(),
+            QoS::AtLeastOnce,
+            retain,
+        ));
+        let (_client, _eventloop, ack) = connect(options).await;
+        match (accepted, ack) {
+            (true, Ok(ack)) => assert_eq!(ack.code, ConnectReturnCode::Success, "{topic}"),
+            (false, Err(rumqttc::ConnectionError::ConnectionRefused(code))) => {
+                assert_eq!(code, ConnectReturnCode::NotAuthorized, "{topic}")
+            }
+            (accepted, other) => {
+                panic!(
+                    "will on {topic} (retain {retain}): accepted should be {accepted}, got {other:?}"
+                )
+            }
+        }
+    }
+}
+
 /// A node's first SUBSCRIBE and PUBLISH, sent in the same flight as its
 /// CONNECT, are judged like any later one. The `rmqtt-acl` plugin this
 /// broker used before set up each node's rule in a task spawned after

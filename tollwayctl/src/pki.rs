@@ -27,8 +27,11 @@ pub enum PkiError {
     #[error(transparent)]
     File(#[from] FileError),
 
-    #[error("the CA name is empty; pass --name, e.g. --name \"Tollway Guangdong (44) CA\"")]
-    EmptyCaName,
+    #[error(
+        "invalid CA name {name:?}: {reason}; pass --name with 1 to 64 printable characters, \
+         e.g. --name \"Tollway Guangdong (44) CA\""
+    )]
+    InvalidCaName { name: String, reason: &'static str },
 
     #[error("cannot read {path}: {source}; run `tollwayctl pki init` first")]
     ReadCa {
@@ -58,6 +61,30 @@ pub enum PkiError {
 /// Common name of a CA when `pki init` is not given `--name`.
 pub const DEFAULT_CA_NAME: &str = "Tollway fleet CA";
 
+/// Longest common name X.509 allows (RFC 5280, ub-common-name).
+const MAX_COMMON_NAME_CHARS: usize = 64;
+
+/// Checks a CA name: not blank, at most 64 characters, no control
+/// characters.
+fn check_ca_name(name: &str) -> Result<(), PkiError> {
+    let invalid = |reason| {
+        Err(PkiError::InvalidCaName {
+            name: name.to_string(),
+            reason,
+        })
+    };
+    if name.trim().is_empty() {
+        return invalid("it is empty");
+    }
+    if name.chars().count() > MAX_COMMON_NAME_CHARS {
+        return invalid("it is longer than 64 characters");
+    }
+    if name.chars().any(char::is_control) {
+        return invalid("it contains a control character");
+    }
+    Ok(())
+}
+
 /// Paths of one certificate and its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Issued {
@@ -69,9 +96,7 @@ pub struct Issued {
 /// `days`.
 pub fn init_ca(dir: &Path, ca_name: &str, days: u32, force: bool) -> Result<Issued, PkiError> {
     let validity = validity(days)?;
-    if ca_name.trim().is_empty() {
-        return Err(PkiError::EmptyCaName);
-    }
+    check_ca_name(ca_name)?;
     let key = generate_key("the CA key")?;
 
     let mut params = CertificateParams::default();
@@ -304,10 +329,15 @@ mod tests {
             der.windows(name.len()).any(|window| window == name),
             "the CA certificate does not carry its name"
         );
-        assert!(matches!(
-            init_ca(dir.path(), " ", 3650, true),
-            Err(PkiError::EmptyCaName)
-        ));
+        for bad in [" ", "bad\nname", &"x".repeat(65)] {
+            assert!(
+                matches!(
+                    init_ca(dir.path(), bad, 3650, true),
+                    Err(PkiError::InvalidCaName { .. })
+                ),
+                "{bad:?} was accepted"
+            );
+        }
     }
 
     #[test]
