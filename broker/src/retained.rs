@@ -5,7 +5,8 @@
 //! retained topics by walking its whole topic tree on every retained
 //! publish. With the desired states and presences of 10,000 nodes that walk
 //! took half of the broker's CPU while a deployment change reached the
-//! fleet, and doubled the time it took (docs/benchmarks.md, "Fan-out").
+//! fleet, and doubled the time it took (docs/benchmarks.md, "Deployment
+//! fan-out").
 //! The retainer therefore runs without a limit, and [`RetainedLimit`]
 //! keeps the set of retained topics itself: a retained publish to a new
 //! topic beyond the limit is delivered with its retain flag cleared, so it
