@@ -29,11 +29,11 @@ pub struct RetainedLimit {
     /// Largest payload the retainer keeps; a larger one is not counted.
     max_payload_bytes: usize,
     topics: Mutex<HashSet<TopicName>>,
-    /// Where the number of topics and of refusals go for the metrics.
+    /// Metrics: the number of topics and of refusals.
     counters: Arc<Counters>,
 }
 
-/// What to do with one retained publish.
+/// The decision on one retained publish.
 #[derive(Debug, PartialEq, Eq)]
 enum Verdict {
     Keep,
@@ -51,7 +51,7 @@ impl RetainedLimit {
         }
     }
 
-    /// Loads the topics the retainer holds from before a restart. Call once
+    /// Loads the topics the retainer kept from before a restart. Call once
     /// the retainer plugin has started.
     pub async fn load(&self, scx: &ServerContext) -> anyhow::Result<usize> {
         let stored = scx
