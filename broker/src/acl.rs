@@ -53,6 +53,12 @@ impl NodeAcl {
             .is_some_and(|kind| !kind.sent_by_node())
     }
 
+    /// Reports whether node `client_id` may set a will on `topic`: only its
+    /// own presence, which the will announces offline.
+    pub fn allows_will(&self, client_id: &str, topic: &str) -> bool {
+        self.own_kind(client_id, topic) == Some(NodeKind::Presence)
+    }
+
     /// Reports whether node `client_id` may publish to `topic`: a kind the
     /// node sends, retained only where the contract retains it.
     pub fn allows_publish(&self, client_id: &str, topic: &str, retain: bool) -> bool {
@@ -170,6 +176,20 @@ mod tests {
             "",
         ] {
             assert!(!acl.allows_publish("n1", topic, false), "{topic}");
+        }
+    }
+
+    #[test]
+    fn will_only_on_own_presence() {
+        let acl = acl();
+        assert!(acl.allows_will("n1", "tollway/v1/44/node/n1/presence"));
+        for topic in [
+            "tollway/v1/44/node/n1/status",
+            "tollway/v1/44/node/n1/desired",
+            "tollway/v1/44/node/n2/presence",
+            "tollway/v1/ops/deployments/a",
+        ] {
+            assert!(!acl.allows_will("n1", topic), "{topic}");
         }
     }
 

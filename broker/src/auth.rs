@@ -5,8 +5,8 @@
 //!   certificate. The username is the certificate's CN (rmqtt replaces
 //!   whatever username the client sent), and it must be a valid node id and
 //!   equal the client id, so that one node cannot take over another node's
-//!   session by reusing its client id. A will message must be one the node
-//!   may publish (its presence), because rmqtt publishes wills without the
+//!   session by reusing its client id. A will message must be on the
+//!   node's own presence, because rmqtt publishes wills without the
 //!   publish check. Topic access is then `acl.rs`.
 //! - Password listeners: the username and password must match the
 //!   listener's password file. A valid login is a superuser, which rmqtt
@@ -102,14 +102,14 @@ impl Authenticator {
                     return Err(Rejection::ClientIdNotCn);
                 }
                 if let Some(will) = connect.last_will() {
-                    let (topic, retain) = match will {
-                        LastWill::V3(will) => (&will.topic, will.retain),
-                        LastWill::V5(will) => (&will.topic, will.retain),
+                    let topic = match will {
+                        LastWill::V3(will) => &will.topic,
+                        LastWill::V5(will) => &will.topic,
                     };
                     let allowed = self
                         .node_acl
                         .as_ref()
-                        .is_some_and(|acl| acl.allows_publish(&cn, topic, retain));
+                        .is_some_and(|acl| acl.allows_will(&cn, topic));
                     if !allowed {
                         return Err(Rejection::WillOutsideNodeTopics);
                     }

@@ -16,6 +16,11 @@
 //! most [`TEARDOWN_WAIT`], until such a session is gone. A live session
 //! (connected) or a persistent one (which rmqtt hands over from its
 //! offline loop) is left to rmqtt's own takeover at once.
+//!
+//! NOTE: a session the broker itself is closing (after an ACL rejection,
+//! say) still counts as connected until rmqtt marks it disconnected, so
+//! it is not waited for; a reconnect in that moment can still be refused
+//! with "server unavailable", and the client retries after its back-off.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
