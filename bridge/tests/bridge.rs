@@ -71,8 +71,8 @@ fn bridge_settings(
     )
 }
 
-/// A collector logged in to `broker`'s service listener as a centre
-/// service, subscribed to `filters`.
+/// Starts a collector logged in to `broker`'s service listener as a
+/// centre service, subscribed to `filters`.
 async fn service_collector(broker: &BrokerFiles, client_id: &str, filters: &[&str]) -> Collector {
     Collector::start(
         service_options(broker, client_id, Some(SERVICE_PASSWORD)),
@@ -648,7 +648,7 @@ async fn national_killed_mid_stream() {
 }
 
 /// Ops objects published while the national link is cut wait in the
-/// bridge's session on the national broker, whose queue here holds two:
+/// bridge's session on the national broker, whose queue here keeps two:
 /// the oldest are pushed out. The bridge's fresh SUBSCRIBE after the
 /// reconnect brings every retained object down all the same.
 #[tokio::test]
@@ -695,10 +695,10 @@ async fn retained_ops_arrive_after_queue_overflowed() {
     );
 }
 
-/// The bridge killed with SIGKILL while it holds messages: it acknowledges
-/// a message to the provincial broker only after the national broker
-/// acknowledged it, so the provincial broker sends the rest again to the
-/// restarted bridge and every message arrives (some perhaps twice).
+/// The bridge killed with SIGKILL while it has messages in hand. It
+/// acknowledges a message to the provincial broker only after the national
+/// broker acknowledged it, so the provincial broker sends the rest again
+/// to the restarted bridge and every message arrives (some perhaps twice).
 #[tokio::test]
 async fn bridge_killed_mid_stream_loses_nothing() {
     let province = BrokerFiles::province();
@@ -708,7 +708,7 @@ async fn bridge_killed_mid_stream_loses_nothing() {
 
     let mut settings = bridge_settings(&province, &national, national.ports.node);
     // 200 messages of about 120 bytes take about 2.5 s at 10 KB/s, so the
-    // crash comes while the bridge holds messages.
+    // crash comes while the bridge has messages in hand.
     settings.up_bytes_per_second = 10_000;
     settings.burst_bytes = 1_000;
     let bridge_files = BridgeFiles::write(&settings);
@@ -759,10 +759,10 @@ async fn bridge_killed_mid_stream_loses_nothing() {
     );
 }
 
-/// The provincial broker killed and restarted under the bridge: it keeps
-/// no sessions across a restart, so the bridge reconnects its local
-/// sessions with back-off and subscribes again; statuses published after
-/// the restart go up and commands come down.
+/// The provincial broker killed and restarted under the bridge. It keeps
+/// no sessions across a restart, so the bridge must reconnect its local
+/// sessions and subscribe again. Statuses published after the restart go
+/// up, and commands come down.
 #[tokio::test]
 async fn province_broker_restart_reconnects_local_side() {
     let province = BrokerFiles::province();
