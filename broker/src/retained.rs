@@ -61,7 +61,11 @@ impl RetainedLimit {
             .get(&TopicFilter::from("#"))
             .await?;
         let mut topics = self.lock();
-        topics.extend(stored.into_iter().map(|(topic, _)| topic));
+        topics.extend(
+            stored
+                .into_iter()
+                .map(|(topic, _)| TopicName::from(topic.to_string())),
+        );
         self.count(&topics);
         Ok(topics.len())
     }
@@ -84,7 +88,9 @@ impl RetainedLimit {
                 .fetch_add(1, Ordering::Relaxed);
             return Verdict::Refuse;
         }
-        topics.insert(topic.clone());
+        // An owned copy: the topic of a decoded packet can share the
+        // connection's read buffer, which a clone would keep alive.
+        topics.insert(TopicName::from(topic.to_string()));
         self.count(&topics);
         Verdict::Keep
     }
