@@ -43,7 +43,7 @@ fn main() -> ExitCode {
     if cli.check {
         for rule in config.rule_set().rules() {
             println!(
-                "{:<4} {:<5} qos {} retain {:<5} {}",
+                "{:<4} {:<7} qos {} retain {:<5} {}",
                 rule.direction.label(),
                 rule.lane.label(),
                 rule.qos,

@@ -406,7 +406,7 @@ async fn default_rules_printed_by_check() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        stdout.contains("up   bulk  qos 1 retain false tollway/v1/44/node/+/status"),
+        stdout.contains("up   bulk    qos 1 retain false tollway/v1/44/node/+/status"),
         "{stdout}"
     );
     assert!(
