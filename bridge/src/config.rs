@@ -318,7 +318,7 @@ fn check_file(problems: &mut Problems, key: &str, path: &Path) {
     }
 }
 
-/// Checks that `path` exists and holds a password on its first line, so
+/// Checks that `path` exists and contains a password on its first line, so
 /// that `--check` and start-up report an empty file with the rest.
 fn check_password_file(problems: &mut Problems, key: &str, path: &Path) {
     if !path.is_file() {

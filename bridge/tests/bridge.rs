@@ -57,6 +57,15 @@ fn payloads_on(collector: &Collector, topic: &str) -> Vec<String> {
         .collect()
 }
 
+/// Starts a provincial and a national broker, each with its files.
+fn start_brokers() -> (BrokerFiles, Broker, BrokerFiles, Broker) {
+    let province = BrokerFiles::province();
+    let province_broker = province.start();
+    let national = BrokerFiles::national();
+    let national_broker = national.start();
+    (province, province_broker, national, national_broker)
+}
+
 /// Bridge settings from `province`'s service listener to the national
 /// broker at loopback `remote_port` (its bridge listener, or a gate).
 fn bridge_settings(
@@ -87,10 +96,7 @@ fn decode_state(payload: &[u8]) -> BridgeState {
 
 #[tokio::test]
 async fn forwards_both_directions() {
-    let province = BrokerFiles::province();
-    let _province_broker = province.start();
-    let national = BrokerFiles::national();
-    let _national_broker = national.start();
+    let (province, _province_broker, national, _national_broker) = start_brokers();
 
     // The first address refuses connections, so the bridge fails over to
     // the second.
@@ -305,10 +311,7 @@ async fn mosquitto_as_national_broker() {
 
 #[tokio::test]
 async fn state_goes_offline_on_stop_and_crash() {
-    let province = BrokerFiles::province();
-    let _province_broker = province.start();
-    let national = BrokerFiles::national();
-    let _national_broker = national.start();
+    let (province, _province_broker, national, _national_broker) = start_brokers();
     let settings = bridge_settings(&province, &national, national.ports.node);
     let bridge_files = BridgeFiles::write(&settings);
     let watcher = service_collector(&national, "watcher", &[bridge_state_topic().as_str()]).await;
@@ -422,10 +425,7 @@ async fn default_rules_printed_by_check() {
 /// its lane.
 #[tokio::test]
 async fn capped_link_keeps_lanes_in_order() {
-    let province = BrokerFiles::province();
-    let _province_broker = province.start();
-    let national = BrokerFiles::national();
-    let _national_broker = national.start();
+    let (province, _province_broker, national, _national_broker) = start_brokers();
 
     let mut settings = bridge_settings(&province, &national, national.ports.node);
     // About 100 bulk messages of 1 KB at 50 KB/s: two seconds of backlog.
@@ -510,10 +510,7 @@ async fn capped_link_keeps_lanes_in_order() {
 /// published after the restart.
 #[tokio::test]
 async fn national_killed_mid_stream() {
-    let province = BrokerFiles::province();
-    let _province_broker = province.start();
-    let national = BrokerFiles::national();
-    let national_broker = national.start();
+    let (province, _province_broker, national, national_broker) = start_brokers();
     // The bridge reaches the national broker through a gate, so the test
     // decides when the bridge may reconnect after the restart.
     let gate = TcpGate::start(national.ports.node);
@@ -701,10 +698,7 @@ async fn retained_ops_arrive_after_queue_overflowed() {
 /// to the restarted bridge and every message arrives (some perhaps twice).
 #[tokio::test]
 async fn bridge_killed_mid_stream_loses_nothing() {
-    let province = BrokerFiles::province();
-    let _province_broker = province.start();
-    let national = BrokerFiles::national();
-    let _national_broker = national.start();
+    let (province, _province_broker, national, _national_broker) = start_brokers();
 
     let mut settings = bridge_settings(&province, &national, national.ports.node);
     // 200 messages of about 120 bytes take about 2.5 s at 10 KB/s, so the
@@ -765,10 +759,7 @@ async fn bridge_killed_mid_stream_loses_nothing() {
 /// up, and commands come down.
 #[tokio::test]
 async fn province_broker_restart_reconnects_local_side() {
-    let province = BrokerFiles::province();
-    let province_broker = province.start();
-    let national = BrokerFiles::national();
-    let _national_broker = national.start();
+    let (province, province_broker, national, _national_broker) = start_brokers();
     let settings = bridge_settings(&province, &national, national.ports.node);
     let bridge_files = BridgeFiles::write(&settings);
     let up = service_collector(&national, "national-ingest", &["tollway/v1/44/#"]).await;
@@ -823,10 +814,7 @@ async fn province_broker_restart_reconnects_local_side() {
 /// dropped.
 #[tokio::test]
 async fn full_lane_stops_reading_and_drops_nothing() {
-    let province = BrokerFiles::province();
-    let _province_broker = province.start();
-    let national = BrokerFiles::national();
-    let _national_broker = national.start();
+    let (province, _province_broker, national, _national_broker) = start_brokers();
 
     let mut settings = bridge_settings(&province, &national, national.ports.node);
     // 100 messages of about 120 bytes take about 2.5 s at 5 KB/s.

@@ -205,7 +205,7 @@ fn bind_one(spec: &ListenerSpec<'_>) -> Result<Listener, ListenerError> {
 
     // NOTE: rmqtt-net does the TLS handshake itself and reports a failed
     // one (no client certificate, another CA, expired) only in its log as
-    // "TLS accept error"; no hook sees it, so the metrics cannot count it.
+    // "TLS accept error". No hook receives it, so the metrics cannot count it.
     if let Some(tls) = &spec.tls {
         builder = builder
             .tls_cert(Some(tls.cert.display().to_string()))

@@ -135,14 +135,14 @@ pub fn render(listeners: &ListenerTable, counters: &Counters) -> String {
             &counters.takeover_waits,
         ),
         (
-            "tollway_broker_retained_refusals_total",
-            "Retained publishes to a new topic beyond [retained] max_messages, delivered but not kept.",
-            &counters.retained_refusals,
-        ),
-        (
             "tollway_broker_takeover_timeouts_total",
             "Takeover waits that gave up; rmqtt may refuse those CONNECTs.",
             &counters.takeover_timeouts,
+        ),
+        (
+            "tollway_broker_retained_refusals_total",
+            "Retained publishes to a new topic beyond [retained] max_messages, delivered but not kept.",
+            &counters.retained_refusals,
         ),
         (
             "tollway_broker_messages_in_total",

@@ -134,8 +134,8 @@ async fn node_cannot_retain_outside_presence() {
 }
 
 /// rmqtt publishes a will without the publish check, so the broker judges
-/// a node's will at CONNECT: only its presence, retained or not, is
-/// accepted; any other will gets CONNACK "not authorised".
+/// a node's will at CONNECT. Only its presence, retained or not, is
+/// accepted. Any other will gets CONNACK "not authorised".
 #[tokio::test]
 async fn node_will_limited_to_presence() {
     let files = BrokerFiles::province();

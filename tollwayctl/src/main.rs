@@ -149,7 +149,7 @@ enum PkiAction {
         days: u32,
         /// Common name of the CA, e.g. `Tollway national CA` or `Tollway
         /// Guangdong (44) CA`, so that the national and each province's CA
-        /// can be told apart in certificates and TLS errors.
+        /// can be distinguished in certificates and TLS errors.
         #[arg(long, default_value = pki::DEFAULT_CA_NAME)]
         name: String,
     },
